@@ -1,0 +1,3 @@
+"""Shared pytest fixtures, loaded for every test directory."""
+
+pytest_plugins = ["tests.support.fixtures"]

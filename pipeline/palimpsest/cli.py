@@ -1,0 +1,48 @@
+"""The `palimpsest` command line: one subcommand per module, imported only when used.
+
+Each command module exposes `add_arguments(parser)` and `run(args) -> int`, so that a
+command's heavy imports (pylint, vLLM, matplotlib) load only when that command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plan": ("palimpsest.commands.plan", "cut an input listing into a deterministic shard plan"),
+    "filter": ("palimpsest.commands.filter", "syntax-check and pylint-score Python records"),
+    "worker": ("palimpsest.commands.worker", "run one shard (or block of shards) of a stage"),
+    "analyze": ("palimpsest.commands.analyze", "correlations and ability factors of a benchmark table"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="palimpsest", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    module = importlib.import_module(args._module)
+    return int(module.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Thin CLI modules, one per `palimpsest` subcommand (see palimpsest.cli)."""
