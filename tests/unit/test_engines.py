@@ -1,0 +1,170 @@
+"""The engine interface's values, settings parsing and the factory; no engine is run here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from palimpsest.engines import (
+    PROMPT_TOO_LONG,
+    ChatMessage,
+    Completion,
+    EngineSettings,
+    EngineSettingsError,
+    GenerationRequest,
+    GenerationResult,
+    SamplingSettings,
+    make_engine,
+)
+from palimpsest.engines.openai_engine import OpenAIEngine
+from palimpsest.engines.vllm_engine import VllmEngine, fold_system_into_user
+
+
+def test_sampling_defaults_are_the_published_ones() -> None:
+    s = SamplingSettings()
+    assert (s.temperature, s.top_p, s.max_tokens, s.n, s.seed) == (0.2, 0.7, 8192, 1, None)
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"temperature": -1}, "sampling.temperature"),
+        ({"top_p": 0}, "sampling.top_p"),
+        ({"top_p": 1.5}, "sampling.top_p"),
+        ({"max_tokens": 0}, "sampling.max_tokens"),
+        ({"n": 0}, "sampling.n"),
+    ],
+)
+def test_bad_sampling_values_name_the_field(values: dict[str, Any], field: str) -> None:
+    with pytest.raises(EngineSettingsError, match=f"^{field}:"):
+        SamplingSettings(**values)
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"type": "tgi"}, "type"),
+        ({"model": ""}, "model"),
+        ({"max_in_flight": 0}, "max_in_flight"),
+        ({"tensor_parallel_size": 0}, "tensor_parallel_size"),
+        ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+        ({"max_model_len": 1}, "max_model_len"),
+        ({"type": "openai"}, "base_url"),
+        ({"type": "openai", "base_url": "http://x/v1", "max_attempts": 0}, "max_attempts"),
+        ({"type": "openai", "base_url": "http://x/v1", "request_timeout": 0}, "request_timeout"),
+        ({"type": "openai", "base_url": "http://x/v1", "backoff_max": 0.1}, "backoff_max"),
+    ],
+)
+def test_bad_engine_settings_name_the_field(values: dict[str, Any], field: str) -> None:
+    base: dict[str, Any] = {"type": "vllm", "model": "m"}
+    with pytest.raises(EngineSettingsError, match=f"^{field}:"):
+        EngineSettings(**{**base, **values})
+
+
+def test_settings_from_a_spec_mapping() -> None:
+    settings = EngineSettings.from_dict(
+        {
+            "type": "vllm",
+            "model": "s3://models/llama",
+            "revision": "abc123",
+            "tensor_parallel_size": 4,
+            "dtype": "bfloat16",
+            "sampling": {"max_tokens": 2048, "seed": 1},
+            "engine_args": {"max_num_seqs": 64},
+        }
+    )
+    assert settings.sampling == SamplingSettings(max_tokens=2048, seed=1)
+    assert settings.tensor_parallel_size == 4
+    assert settings.in_flight == 512
+    assert EngineSettings(type="openai", model="m", base_url="http://h/v1").in_flight == 64
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"type": "vllm", "model": "m", "temprature": 1}, "temprature"),
+        ({"type": "vllm", "model": "m", "sampling": {"topp": 1}}, "sampling.topp"),
+        ({"type": "vllm", "model": "m", "sampling": {"top_p": 2}}, "sampling.top_p"),
+        ({"type": "vllm"}, "engine settings"),
+    ],
+)
+def test_settings_from_a_bad_mapping_name_the_field(data: dict[str, Any], field: str) -> None:
+    with pytest.raises(EngineSettingsError, match=f"^{field}"):
+        EngineSettings.from_dict(data)
+
+
+def test_factory_builds_the_right_engine_without_loading_anything() -> None:
+    vllm = make_engine(EngineSettings(type="vllm", model="/models/x", max_in_flight=8))
+    assert isinstance(vllm, VllmEngine)
+    assert vllm.max_in_flight == 8
+    assert vllm.engine_seconds == 0.0
+    openai = make_engine(EngineSettings(type="openai", model="m", base_url="http://h/v1"))
+    assert isinstance(openai, OpenAIEngine)
+
+
+def test_vllm_describe_has_what_decides_results_and_not_what_does_not() -> None:
+    engine = make_engine(
+        EngineSettings(
+            type="vllm",
+            model="s3://b/llama",
+            revision="r7",
+            dtype="bfloat16",
+            max_model_len=16384,
+            tensor_parallel_size=4,
+            gpu_memory_utilization=0.8,
+        )
+    )
+    described = engine.describe()
+    assert described["model"] == "s3://b/llama"
+    assert described["revision"] == "r7"
+    assert described["dtype"] == "bfloat16"
+    assert described["max_model_len"] == 16384
+    assert described["sampling"]["temperature"] == 0.2
+    assert "vllm_version" in described
+    assert "tensor_parallel_size" not in described
+    assert "gpu_memory_utilization" not in described
+
+
+def test_importing_the_engines_loads_neither_vllm_nor_httpx() -> None:
+    code = (
+        "import sys, palimpsest.engines, palimpsest.prompts\n"
+        "from palimpsest.engines import make_engine, EngineSettings\n"
+        "make_engine(EngineSettings(type='vllm', model='m'))\n"
+        "print(sorted(m for m in ('vllm', 'httpx', 'torch') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_fold_system_into_the_first_user_turn() -> None:
+    messages = (
+        ChatMessage("system", "rules"),
+        ChatMessage("user", "question"),
+        ChatMessage("assistant", "answer"),
+        ChatMessage("user", "again"),
+    )
+    assert fold_system_into_user(messages) == (
+        ChatMessage("user", "rules\n\nquestion"),
+        ChatMessage("assistant", "answer"),
+        ChatMessage("user", "again"),
+    )
+    plain = (ChatMessage("user", "q"),)
+    assert fold_system_into_user(plain) == plain
+
+
+def test_values_check_themselves() -> None:
+    with pytest.raises(ValueError, match="role"):
+        ChatMessage("tool", "x")
+    with pytest.raises(ValueError, match="no messages"):
+        GenerationRequest("r", ())
+    failed = GenerationResult.failed("r", PROMPT_TOO_LONG)
+    assert (failed.prompt_tokens, failed.completions, failed.error) == (0, (), PROMPT_TOO_LONG)
+    with pytest.raises(ValueError, match="unknown error code"):
+        GenerationResult.failed("r", "oops")
+    result = GenerationResult(
+        "r", 5, (Completion("a", "stop", 2), Completion("b", "length", 3)), None
+    )
+    assert result.generated_tokens == 5
