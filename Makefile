@@ -33,8 +33,20 @@ test-integration: setup
 	$(PY) -m pytest tests/integration -q
 
 # Everything CI runs: static checks, then every test (the tests start the services they use).
-test: setup lint
+test: setup lint cluster-build
 	$(PY) -m pytest tests -q
+
+# The test cluster (tests/cluster/): etcd, the Kubernetes control plane, kubectl and helm built
+# from source once into ~/.cache/palimpsest (about 12 minutes cold on 2 cores, seconds after),
+# then run on loopback with the test kubelet and an S3 server. `source .cluster/env` to use it.
+cluster-build:
+	bash tests/cluster/build.sh
+
+cluster-up: setup cluster-build
+	$(PY) -m tests.cluster.clusterctl up
+
+cluster-down:
+	if [ -x $(PY) ]; then $(PY) -m tests.cluster.clusterctl down; fi
 
 bench-filter: setup
 	$(PY) benchmarks/filter_speed.py

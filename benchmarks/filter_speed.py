@@ -1,0 +1,127 @@
+"""Filter speed and score parity: the published method against ours, on the same files, in one run.
+
+The published method runs one `pylint` subprocess per sample (4 threads), parses the printed
+rating and applies the comment penalty. Ours runs `CodeFilter` twice: with exact scores (every
+sample linted to the end, to compare scores) and with the exact early-stop shortcuts (the
+default, to compare speed and decisions). Prints files/s of each, the ratios, and the share of
+samples whose score or decision differs.
+
+    .venv/bin/python benchmarks/filter_speed.py [--limit N] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from palimpsest.filtering import CodeFilter, FilterSettings, syntax_problem
+from palimpsest.lint.pool import LintPool, default_workers
+from palimpsest.lint.scoring import DEFAULT_MIN_SCORE, PYLINT_ARGS, comment_ratio, penalised
+from palimpsest.records import RawRecord
+from palimpsest.stats import Stats
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "python-sample.jsonl.gz"
+RATED = re.compile(r"rated at (-?[\d.]+)/10")
+PUBLISHED_THREADS = 4
+
+EDGE_CASES = [
+    "# only a comment\n",
+    "x = 1  # a\n# b\n# c\n# d\n",
+    "import os\nimport sys\n",
+    '"""Docstring only."""\n',
+    "def f(:\n    pass\n",
+    "print('a')\n" * 50,
+    "from random import *\nprint(randint(1, 2))\n",
+    "def f():\n    return undefined_name\n",
+    "class A:\n    def m(self):\n        return self.missing\n",
+]
+
+
+def load_samples(limit: int | None) -> list[str]:
+    with gzip.open(SAMPLE, "rt", encoding="utf-8") as handle:
+        texts = [json.loads(line)["text"] for line in handle]
+    texts.extend(EDGE_CASES)
+    return texts[:limit] if limit else texts
+
+
+def published_score(code: str, workdir: Path) -> float | None:
+    """One sample the published way: a temp file, a pylint subprocess, the printed rating."""
+    with tempfile.NamedTemporaryFile("w", suffix=".py", dir=workdir, delete=False) as handle:
+        handle.write(code)
+        path = Path(handle.name)
+    try:
+        out = subprocess.run([sys.executable, "-m", "pylint", *PYLINT_ARGS, str(path)],
+                             capture_output=True, text=True, cwd=workdir, check=False).stdout
+    finally:
+        path.unlink()
+    match = RATED.search(out)
+    if match is None:
+        return None
+    return penalised(float(match.group(1)), comment_ratio(code))
+
+
+def run_published(samples: list[str]) -> tuple[list[float | None], float]:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(PUBLISHED_THREADS) as pool:
+        workdir = Path(tmp)
+        scores = list(pool.map(lambda code: published_score(code, workdir), samples))
+    return scores, time.monotonic() - started
+
+
+def run_ours(samples: list[str], workers: int, exact: bool) -> tuple[list[dict[str, Any]], float]:
+    settings = FilterSettings(workers=workers, exact_scores=exact)
+    results: list[dict[str, Any]] = []
+    items = [RawRecord("bench", i, {"id": i, "text": code}) for i, code in enumerate(samples)]
+    started = time.monotonic()
+    with LintPool(workers, settings.time_limit) as pool:
+        CodeFilter(settings, pool).run(items, results.append, results.append, Stats())
+    return sorted(results, key=lambda r: r["id"]), time.monotonic() - started
+
+
+def kept(score: float | None, code: str) -> bool:
+    return score is not None and syntax_problem(code) is None and score >= DEFAULT_MIN_SCORE
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=None, help="use the first N samples")
+    parser.add_argument("--workers", type=int, default=default_workers())
+    args = parser.parse_args()
+    samples = load_samples(args.limit)
+    n = len(samples)
+    print(f"{n} samples, {args.workers} linter processes, published method with {PUBLISHED_THREADS} threads")
+
+    published, t_pub = run_published(samples)
+    exact, t_exact = run_ours(samples, args.workers, exact=True)
+    fast, t_fast = run_ours(samples, args.workers, exact=False)
+
+    score_diff = sum(
+        1 for code, ref, ours in zip(samples, published, exact, strict=True)
+        if (ref is None) != ("pylint_score" not in ours)
+        or (ref is not None and syntax_problem(code) is None and abs(ref - ours["pylint_score"]) > 0.01)
+    )
+    decision_exact = sum(1 for code, ref, ours in zip(samples, published, exact, strict=True)
+                         if kept(ref, code) != ("reject_reason" not in ours))
+    decision_fast = sum(1 for code, ref, ours in zip(samples, published, fast, strict=True)
+                        if kept(ref, code) != ("reject_reason" not in ours))
+
+    print(f"{'method':<28}{'seconds':>10}{'files/s':>10}{'ratio':>8}")
+    for name, seconds in (("published (subprocess x4)", t_pub), ("ours, exact scores", t_exact),
+                          ("ours, default (early stop)", t_fast)):
+        print(f"{name:<28}{seconds:>10.1f}{n / seconds:>10.2f}{t_pub / seconds:>8.1f}")
+    print(f"score differs by > 0.01:        {score_diff}/{n} ({100 * score_diff / n:.2f}%)")
+    print(f"decision differs (exact):       {decision_exact}/{n} ({100 * decision_exact / n:.2f}%)")
+    print(f"decision differs (early stop):  {decision_fast}/{n} ({100 * decision_fast / n:.2f}%)")
+
+
+if __name__ == "__main__":
+    main()

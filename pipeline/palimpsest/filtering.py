@@ -1,0 +1,191 @@
+"""The SwallowCode filter stages over a stream of records: syntax check, then pylint score.
+
+Every input item ends in exactly one place: kept (with `pylint_score`) or rejected (with a
+`reject_reason`, plus `pylint_score` when one was computed). Counting happens here, once, in
+`Stats`. The syntax check runs in this process; pylint runs in a supervised pool of linter
+processes, with at most a bounded window of records in flight so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from palimpsest.lint.pool import DEFAULT_TIME_LIMIT, LintOutcome, LintPool, LintTask, default_workers
+from palimpsest.lint.scoring import DEFAULT_MIN_SCORE, best_possible, comment_ratio, penalised
+from palimpsest.records import Fields, RawRecord, Record
+from palimpsest.repetition import is_repetitive
+from palimpsest.stats import Stats
+
+# Records in flight per linter process; enough to keep every process busy, small enough that
+# a shard's memory does not grow with its length.
+WINDOW_PER_WORKER = 8
+
+REASON_FIELD = "reject_reason"
+DETAIL_FIELD = "reject_detail"
+SCORE_FIELD = "pylint_score"
+SCORE_MAX_FIELD = "pylint_score_max"
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """What decides the filter's results (all of it goes into the stage id) and how it runs."""
+
+    min_score: float = DEFAULT_MIN_SCORE  # keep if penalised score >= this
+    time_limit: float = DEFAULT_TIME_LIMIT  # seconds one sample may spend in pylint
+    workers: int = field(default_factory=default_workers)  # linter processes
+    exact_scores: bool = False  # True: lint every sample to the end (every reject has a score)
+    repetition: bool = False  # also drop repetitive samples (the published clean-up rule)
+    fields: Fields = Fields()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_score <= 10.0:
+            raise ValueError(f"filter.minScore must be within 0..10, got {self.min_score}")
+        if self.time_limit <= 0:
+            raise ValueError(f"filter.timeLimitSeconds must be > 0, got {self.time_limit}")
+        if self.workers < 1:
+            raise ValueError(f"filter.parallelism must be >= 1, got {self.workers}")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide which records are kept (workers and time limits do not...
+        except that a time limit decides which slow samples are rejected, so it is included)."""
+        return {
+            "min_score": self.min_score,
+            "time_limit": self.time_limit,
+            "repetition": self.repetition,
+            "text_field": self.fields.text,
+        }
+
+
+def syntax_problem(code: str) -> tuple[str, str] | None:
+    """(reason, detail) when `code` does not compile; anything compile() raises is caught."""
+    try:
+        compile(code, "<string>", "exec")
+    except SyntaxError as exc:
+        return "syntax_error", f"{exc.msg} (line {exc.lineno})"
+    except ValueError as exc:
+        return "null_bytes" if "null" in str(exc) else "compile_error", str(exc)[:200]
+    except (RecursionError, MemoryError) as exc:
+        return "too_deeply_nested", type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - hostile input may raise anything
+        return "compile_error", f"{type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+def _bad_item(raw: RawRecord) -> Record:
+    return {"source": raw.source, "position": raw.position, "raw": raw.raw}
+
+
+@dataclass
+class _Pending:
+    record: Record
+    ratio: float = 0.0  # comment-token ratio of the text
+    verdict: tuple[str | None, Record] | None = None  # (reason or None for kept, record)
+
+
+class CodeFilter:
+    """Runs syntax -> pylint over records; outputs go to `keep` and `reject` in input order."""
+
+    def __init__(self, settings: FilterSettings, pool: LintPool) -> None:
+        self.settings = settings
+        self.pool = pool
+
+    def run(
+        self,
+        items: Iterable[RawRecord],
+        keep: Callable[[Record], None],
+        reject: Callable[[Record], None],
+        stats: Stats,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        started = time.monotonic()
+        window: deque[_Pending] = deque()
+        by_key: dict[int, _Pending] = {}
+        limit = WINDOW_PER_WORKER * self.settings.workers
+        key = 0
+
+        def drain(block: bool) -> None:
+            for outcome in self.pool.collect(timeout=None if block else 0.0):
+                pending = by_key.pop(outcome.key)
+                pending.verdict = self._lint_verdict(pending, outcome)
+            while window and window[0].verdict is not None:
+                verdict = window.popleft().verdict
+                assert verdict is not None
+                reason, record = verdict
+                self._emit(reason, record, keep, reject, stats)
+                if progress:
+                    progress(1)
+
+        for raw in items:
+            key += 1
+            pending = _Pending(raw.record or {})
+            window.append(pending)
+            early = self._early_verdict(raw)
+            if early is not None:
+                pending.verdict = early
+            else:
+                code = pending.record[self.settings.fields.text]
+                pending.ratio = comment_ratio(code)
+                ceiling = best_possible(pending.ratio)
+                if ceiling < self.settings.min_score and not self.settings.exact_scores:
+                    pending.verdict = ("low_pylint_score", {**pending.record, SCORE_MAX_FIELD: ceiling})
+                else:
+                    by_key[key] = pending
+                    min_score = None if self.settings.exact_scores else self.settings.min_score
+                    self.pool.submit(LintTask(key, code, min_score, pending.ratio))
+            drain(block=len(window) >= limit)
+        while window:
+            drain(block=True)
+        stats.seconds += time.monotonic() - started
+
+    def _early_verdict(self, raw: RawRecord) -> tuple[str | None, Record] | None:
+        """A verdict that needs no pylint: bad input, bad text field, repetition or syntax."""
+        if raw.record is None:
+            reason, _, detail = (raw.error or "invalid_json").partition(": ")
+            return reason, {**_bad_item(raw), DETAIL_FIELD: detail}
+        record = raw.record
+        name = self.settings.fields.text
+        if name not in record:
+            return "missing_text", {**record, DETAIL_FIELD: f"no field {name!r}"}
+        text = record[name]
+        if not isinstance(text, str):
+            return "text_not_string", {**record, DETAIL_FIELD: f"{name!r} is {type(text).__name__}"}
+        if not text.strip():
+            return "empty_text", record
+        problem = syntax_problem(text)
+        if problem is not None:
+            return problem[0], {**record, DETAIL_FIELD: problem[1]}
+        if self.settings.repetition and is_repetitive(text):
+            return "repetition", record
+        return None
+
+    def _lint_verdict(self, pending: _Pending, outcome: LintOutcome) -> tuple[str | None, Record]:
+        record = pending.record
+        if outcome.result is None:
+            return outcome.failure or "pylint_error", {**record, DETAIL_FIELD: outcome.detail}
+        result = outcome.result
+        if result.rating is None:
+            if result.parse_error:
+                return "pylint_parse_error", {**record, DETAIL_FIELD: result.parse_error}
+            return "no_statements", record
+        score = penalised(result.rating, pending.ratio)
+        if result.stopped_early:
+            return "low_pylint_score", {**record, SCORE_MAX_FIELD: score}
+        if score >= self.settings.min_score:
+            return None, {**record, SCORE_FIELD: score}
+        return "low_pylint_score", {**record, SCORE_FIELD: score}
+
+    @staticmethod
+    def _emit(reason: str | None, record: Record, keep: Callable[[Record], None],
+              reject: Callable[[Record], None], stats: Stats) -> None:
+        if SCORE_FIELD in record:
+            stats.add_score(float(record[SCORE_FIELD]))
+        if reason is None:
+            stats.keep()
+            keep(record)
+        else:
+            stats.reject(reason)
+            reject({**record, REASON_FIELD: reason})

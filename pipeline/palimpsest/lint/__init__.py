@@ -1,0 +1,1 @@
+"""The SwallowCode pylint filter: published scores, computed in-process and in parallel."""

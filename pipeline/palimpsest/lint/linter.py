@@ -1,0 +1,151 @@
+"""Lint one sample at a time in this process, scoring it exactly as a fresh pylint run would.
+
+A fresh `pylint` process per sample spends most of its time importing pylint and building its
+checkers. `SampleLinter` builds them once and re-runs them per sample, which is safe because:
+- each sample is written alone into a private directory under a unique module name that no
+  real module has, so nothing it imports resolves to an earlier sample and it shadows nothing;
+- the options come from an empty rcfile, so no pylintrc or pyproject in the working or home
+  directory changes a score;
+- pylint's counters are replaced per sample and its checkers re-open per run, so no message
+  crosses samples (duplicate-code, cyclic-import), and the sample's module leaves the astroid
+  cache afterwards.
+Pylint only parses the sample; the code is never imported or run.
+
+With a threshold, linting stops as soon as the messages seen so far push the best reachable
+score below it; messages only ever lower a rating, so this never changes a decision.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from palimpsest.lint.scoring import CATEGORY_WEIGHTS, PYLINT_ARGS, penalised, printed_rating
+
+
+@dataclass(frozen=True)
+class LintResult:
+    """What pylint made of one sample.
+
+    `rating` is the printed rating before the comment penalty; None when there was nothing to
+    rate (no statements, or astroid could not build the module). With `stopped_early`, the
+    rating is an upper bound that already falls below the threshold.
+    """
+
+    rating: float | None
+    statements: int
+    stopped_early: bool = False
+    parse_error: str | None = None
+
+
+class _Hopeless(BaseException):
+    """Raised through pylint (which catches Exception) to stop linting a sample early."""
+
+
+def _make_reporter(base: type[Any]) -> type[Any]:
+    class ThresholdReporter(base):  # type: ignore[misc, valid-type]
+        """Collects nothing; tracks the rating bound and stops when it is out of reach."""
+
+        name = "palimpsest-threshold"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.arm(None, 1, 0.0)
+
+        def arm(self, min_score: float | None, statements: int, ratio: float) -> None:
+            self.min_score = min_score
+            self.statements = statements
+            self.ratio = ratio
+            self.points = 0
+            self.fatal = False
+
+        def handle_message(self, msg: Any) -> None:
+            self.points += CATEGORY_WEIGHTS.get(msg.category, 0)
+            self.fatal = self.fatal or msg.category == "fatal"
+            if self.min_score is None or self.statements == 0:
+                return
+            rating = printed_rating(self.points, self.statements, self.fatal)
+            if penalised(rating, self.ratio) < self.min_score:
+                raise _Hopeless
+
+        def _display(self, layout: Any) -> None:
+            pass
+
+        def display_reports(self, layout: Any) -> None:
+            pass
+
+        def display_messages(self, layout: Any) -> None:
+            pass
+
+    return ThresholdReporter
+
+
+def count_statements(module: Any) -> int:
+    """Statements as pylint's AST walker counts them (every node with `is_statement`)."""
+    count = 0
+    stack = [module]
+    while stack:
+        node = stack.pop()
+        if node.is_statement:
+            count += 1
+        stack.extend(node.get_children())
+    return count
+
+
+class SampleLinter:
+    """A pylint instance reused across samples; one per worker process."""
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        from pylint.lint import Run
+        from pylint.reporters import BaseReporter
+
+        self._dir = Path(tempfile.mkdtemp(prefix="palimpsest-lint-", dir=workdir))
+        rcfile = self._dir / "empty.rc"
+        rcfile.write_text("")
+        self._reporter = _make_reporter(BaseReporter)()
+        warmup = self._dir / "palimpsest_warmup_sample.py"
+        warmup.write_text("VALUE = 1\n")
+        run = Run([*PYLINT_ARGS, "--rcfile", str(rcfile), str(warmup)], reporter=self._reporter, exit=False)
+        warmup.unlink()
+        self._linter = run.linter
+        self._counter = 0
+        self._prefix = f"_palimpsest_sample_{os.getpid()}_"
+
+    def lint(self, source: str, min_score: float | None = None, ratio: float = 0.0) -> LintResult:
+        """Rate `source`; with `min_score`, stop once the penalised score cannot reach it."""
+        from astroid import MANAGER, AstroidBuildingError, AstroidSyntaxError
+        from pylint.utils import LinterStats
+
+        self._counter += 1
+        modname = f"{self._prefix}{self._counter}"
+        path = self._dir / f"{modname}.py"
+        path.write_text(source, encoding="utf-8")
+        saved_path = sys.path[:]
+        try:
+            try:
+                module = MANAGER.ast_from_file(str(path), modname, source=True)
+            except (AstroidSyntaxError, AstroidBuildingError) as exc:
+                return LintResult(None, 0, parse_error=str(exc).splitlines()[0][:200])
+            statements = count_statements(module)
+            if statements == 0:
+                return LintResult(None, 0)
+            self._linter.stats = LinterStats()
+            self._reporter.arm(min_score, statements, ratio)
+            try:
+                self._linter.check([str(path)])
+            except _Hopeless:
+                rating = printed_rating(self._reporter.points, statements, self._reporter.fatal)
+                return LintResult(rating, statements, stopped_early=True)
+            stats = self._linter.stats
+            if stats.statement == 0:
+                return LintResult(None, 0)
+            points = 5 * stats.error + stats.warning + stats.refactor + stats.convention
+            return LintResult(printed_rating(points, stats.statement, stats.fatal > 0), stats.statement)
+        finally:
+            sys.path[:] = saved_path
+            MANAGER.astroid_cache.pop(modname, None)
+            path.unlink(missing_ok=True)

@@ -1,0 +1,220 @@
+"""A supervised pool of linter processes that can cancel one stuck sample.
+
+A standard process pool cannot cancel a single task, so one pathological file could hang a
+shard. Here each worker has its own pipe and at most one sample in flight: when a sample
+outlives its time limit, the supervisor kills that worker, reports the sample as timed out
+and starts a fresh worker. A worker that dies reports its sample as a crash. Workers retire
+themselves after a number of samples or above a memory ceiling, which bounds memory however
+long the shard is.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from palimpsest.lint.linter import LintResult
+
+# Samples a worker lints before it retires (astroid caches the stdlib modules samples import;
+# a fresh worker starts from a clean cache).
+DEFAULT_MAX_TASKS_PER_WORKER = 2000
+# Resident memory (bytes) above which a worker retires after its current sample.
+DEFAULT_MAX_WORKER_RSS = 1536 * 1024 * 1024
+# Seconds a single sample may take before its worker is killed (the sample is rejected).
+DEFAULT_TIME_LIMIT = 60.0
+
+
+@dataclass(frozen=True)
+class LintTask:
+    key: int
+    source: str
+    min_score: float | None
+    ratio: float
+
+
+@dataclass(frozen=True)
+class LintOutcome:
+    """A finished task: a result, or why there is none (`pylint_timeout`, `pylint_crash`...)."""
+
+    key: int
+    result: LintResult | None
+    failure: str | None = None
+    detail: str | None = None
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _worker_main(conn: Connection, workdir: str | None, max_tasks: int, max_rss: int) -> None:
+    from palimpsest.lint.linter import SampleLinter
+
+    linter = SampleLinter(Path(workdir) if workdir else None)
+    conn.send(("ready",))
+    for done in range(1, max_tasks + 1):
+        task = conn.recv()
+        if task is None:
+            return
+        try:
+            result: Any = linter.lint(task.source, task.min_score, task.ratio)
+            reply: tuple[Any, ...] = ("ok", task.key, result)
+        except (Exception, RecursionError, MemoryError) as exc:
+            reply = ("error", task.key, f"{type(exc).__name__}: {str(exc)[:200]}")
+        retire = done >= max_tasks or _rss_bytes() > max_rss
+        conn.send((*reply, retire))
+        if retire:
+            return
+
+
+class _Worker:
+    def __init__(self, ctx: Any, workdir: str | None, max_tasks: int, max_rss: int) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process: BaseProcess = ctx.Process(
+            target=_worker_main, args=(child, workdir, max_tasks, max_rss), daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.ready = False
+        self.task: LintTask | None = None
+        self.deadline = 0.0
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class LintPool:
+    """Lints submitted tasks on `workers` processes; `collect` returns finished outcomes."""
+
+    def __init__(
+        self,
+        workers: int,
+        time_limit: float = DEFAULT_TIME_LIMIT,
+        max_tasks_per_worker: int = DEFAULT_MAX_TASKS_PER_WORKER,
+        max_worker_rss: int = DEFAULT_MAX_WORKER_RSS,
+        workdir: Path | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if time_limit <= 0:
+            raise ValueError(f"time limit must be > 0 seconds, got {time_limit}")
+        self._ctx = multiprocessing.get_context("fork")
+        self._time_limit = time_limit
+        self._args = (str(workdir) if workdir else None, max_tasks_per_worker, max_worker_rss)
+        self._workers = [self._spawn() for _ in range(workers)]
+        self._backlog: deque[LintTask] = deque()
+        self._done: list[LintOutcome] = []
+        self.restarts = 0
+
+    def _spawn(self) -> _Worker:
+        return _Worker(self._ctx, *self._args)
+
+    @property
+    def pending(self) -> int:
+        """Tasks submitted and not yet collected."""
+        busy = sum(1 for w in self._workers if w.task is not None)
+        return busy + len(self._backlog) + len(self._done)
+
+    def submit(self, task: LintTask) -> None:
+        self._backlog.append(task)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for worker in self._workers:
+            if not self._backlog:
+                return
+            if worker.ready and worker.task is None:
+                task = self._backlog.popleft()
+                worker.conn.send(task)
+                worker.task = task
+                worker.deadline = time.monotonic() + self._time_limit
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self._workers[self._workers.index(worker)] = self._spawn()
+        self.restarts += 1
+
+    def _fail(self, worker: _Worker, failure: str, detail: str) -> None:
+        if worker.task is not None:
+            self._done.append(LintOutcome(worker.task.key, None, failure, detail))
+            worker.task = None
+        self._replace(worker)
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            message = worker.conn.recv()
+        except (EOFError, OSError):
+            code = worker.process.exitcode if not worker.process.is_alive() else None
+            self._fail(worker, "pylint_crash", f"linter process exited with code {code}")
+            return
+        if message[0] == "ready":
+            worker.ready = True
+            return
+        kind, key, payload, retire = message
+        if kind == "ok":
+            self._done.append(LintOutcome(key, payload))
+        else:
+            self._done.append(LintOutcome(key, None, "pylint_error", payload))
+        worker.task = None
+        if retire:
+            self._replace(worker)
+
+    def collect(self, timeout: float | None = None) -> list[LintOutcome]:
+        """Wait up to `timeout` seconds (None: until something finishes) for outcomes."""
+        self._dispatch()
+        if not self._done and (self._backlog or any(w.task for w in self._workers)):
+            self._wait(timeout)
+        done, self._done = self._done, []
+        return done
+
+    def _wait(self, timeout: float | None) -> None:
+        started = time.monotonic()
+        while not self._done:
+            now = time.monotonic()
+            for worker in list(self._workers):
+                if worker.task is not None and now >= worker.deadline:
+                    self._fail(worker, "pylint_timeout", f"no result after {self._time_limit:g}s")
+            if self._done:
+                break
+            deadlines = [w.deadline - now for w in self._workers if w.task is not None]
+            wait_for = min(deadlines, default=1.0)
+            if timeout is not None:
+                wait_for = min(wait_for, timeout - (now - started))
+                if wait_for <= 0:
+                    break
+            conns = {w.conn: w for w in self._workers}
+            for conn in multiprocessing.connection.wait(list(conns), timeout=max(wait_for, 0.0)):
+                self._receive(conns[conn])  # type: ignore[index]
+            self._dispatch()
+
+    def close(self) -> None:
+        for worker in self._workers:
+            if worker.process.is_alive() and worker.ready and worker.task is None:
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass
+            worker.process.join(timeout=2)
+            worker.kill()
+
+    def __enter__(self) -> LintPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
