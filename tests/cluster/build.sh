@@ -13,7 +13,10 @@
 # staging module (the list is read from that version's own go.mod) with its published
 # v0.X.Y release. etcd's server module has the same problem and gets the same treatment.
 #
-# Usage: tests/cluster/build.sh [--print-env]
+# Usage: tests/cluster/build.sh [--print-env | --trim-go-cache]
+#   --print-env       print versions and binary directories, build nothing
+#   --trim-go-cache   build, then delete the Go module and build caches (about 5 GB); the
+#                     binaries stay cached, but a version bump then rebuilds from scratch
 # Environment: PALIMPSEST_CACHE (default ~/.cache/palimpsest), BUILD_JOBS (default 2),
 # K8S_VERSION, ETCD_VERSION, HELM_VERSION (defaults pinned below).
 set -euo pipefail
@@ -39,6 +42,19 @@ export GOMODCACHE="${GOMODCACHE_OVERRIDE:-$CACHE/go/mod}"
 K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
 log() { printf '[cluster-build] %s\n' "$*" >&2; }
+
+# The pinned etcd and helm releases declare `go 1.26.0`; nothing newer may be downloaded.
+check_go() {
+    command -v go >/dev/null || { log "go is not installed (need Go >= 1.26)"; exit 1; }
+    local version major minor
+    version=$(go env GOVERSION)
+    major=$(echo "${version#go}" | cut -d. -f1)
+    minor=$(echo "${version#go}" | cut -d. -f2)
+    if ((major < 1 || (major == 1 && minor < 26))); then
+        log "found $version; the test cluster build needs Go >= 1.26"
+        exit 1
+    fi
+}
 
 # is_built DIR NAME... : true when DIR/bin holds every NAME and the completion stamp.
 is_built() {
@@ -194,11 +210,17 @@ main() {
             "K8S_BIN=$K8S_DIR/bin" "ETCD_BIN=$ETCD_DIR/bin" "HELM_BIN=$HELM_DIR/bin"
         return
     fi
-    command -v go >/dev/null || { log "go is not installed (need Go >= 1.26)"; exit 1; }
+    if ! is_built "$K8S_DIR" "${K8S_COMMANDS[@]}" || ! is_built "$ETCD_DIR" etcd || ! is_built "$HELM_DIR" helm; then
+        check_go
+    fi
     mkdir -p "$CACHE"
     build_etcd
     build_helm
     build_kubernetes
+    if [[ "${1:-}" == "--trim-go-cache" ]]; then
+        log "deleting the Go caches under $CACHE/go"
+        rm -rf "$CACHE/go"
+    fi
     log "done: $K8S_DIR/bin $ETCD_DIR/bin $HELM_DIR/bin"
 }
 

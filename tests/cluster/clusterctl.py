@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -114,6 +115,10 @@ class Layout:
     def kubelet(self) -> Path:
         return self.root / "kubelet"
 
+    @property
+    def users(self) -> Path:
+        return self.root / "users"
+
     def pid_file(self, component: str) -> Path:
         return self.run / f"{component}.pid"
 
@@ -176,6 +181,9 @@ class ClusterInfo:
     helm_version: str
     path_dirs: list[str]
     ports: dict[str, int]
+    # "manual" (`make cluster-up`: stays up until `make cluster-down`) or "tests" (a pytest
+    # session: the last session using it stops it).
+    started_by: str = "manual"
 
     def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """Variables that point kubectl, helm, Python clients and boto3 at this cluster."""
@@ -558,44 +566,57 @@ def write_env_file(layout: Layout, info: ClusterInfo) -> None:
     layout.env_file.write_text("\n".join(lines) + "\n")
 
 
-def up(layout: Layout = DEFAULT_LAYOUT) -> tuple[ClusterInfo, bool]:
+def up(layout: Layout = DEFAULT_LAYOUT, started_by: str = "manual") -> tuple[ClusterInfo, bool]:
     """Start the cluster unless it is already up; returns it and whether this call started it."""
     with locked(layout):
-        info = read_info(layout)
-        if info is not None and is_up(layout):
-            return info, False
-        _stop_all(layout)
-        bins = binaries()
-        missing = bins.missing()
-        if missing:
-            raise RuntimeError(
-                "test cluster binaries are not built (missing: "
-                + ", ".join(str(path) for path in missing)
-                + "); run `make cluster-build` first (a cold build takes a while)"
-            )
-        started = time.monotonic()
-        _reset_dir(layout)
-        pki.generate(layout.pki)
-        ports = _allocate_ports()
+        return _up_locked(layout, started_by)
+
+
+def _up_locked(layout: Layout, started_by: str) -> tuple[ClusterInfo, bool]:
+    info = read_info(layout)
+    if info is not None and is_up(layout):
+        if started_by == "manual" and info.started_by != "manual":
+            # Started by a test session, now wanted by hand: keep it up after the tests.
+            info = dataclasses.replace(info, started_by="manual")
+            layout.state_file.write_text(json.dumps(asdict(info), indent=2))
+        return info, False
+    _stop_all(layout)
+    bins = binaries()
+    missing = bins.missing()
+    if missing:
+        raise RuntimeError(
+            "test cluster binaries are not built (missing: "
+            + ", ".join(str(path) for path in missing)
+            + "); run `make cluster-build` first (a cold build takes a while)"
+        )
+    started = time.monotonic()
+    _reset_dir(layout)
+    pki.generate(layout.pki)
+    ports = _allocate_ports()
+    try:
         s3_endpoint = _start_s3(layout)
         api_server = _start_control_plane(layout, bins, ports)
         _wait_usable(layout, bins)
-        info = ClusterInfo(
-            kubeconfig=str(layout.kubeconfig),
-            api_server=api_server,
-            s3_endpoint=s3_endpoint,
-            bucket=BUCKET,
-            kubernetes_version=bins.kubernetes_version,
-            etcd_version=bins.etcd_version,
-            helm_version=bins.helm_version,
-            path_dirs=bins.path_dirs,
-            ports=ports,
-        )
-        layout.state_file.write_text(json.dumps(asdict(info), indent=2))
-        write_env_file(layout, info)
-        elapsed = time.monotonic() - started
-        log(f"up in {elapsed:.1f}s: Kubernetes {bins.kubernetes_version} at {api_server}")
-        return info, True
+    except BaseException:
+        _stop_all(layout)
+        raise
+    info = ClusterInfo(
+        kubeconfig=str(layout.kubeconfig),
+        api_server=api_server,
+        s3_endpoint=s3_endpoint,
+        bucket=BUCKET,
+        kubernetes_version=bins.kubernetes_version,
+        etcd_version=bins.etcd_version,
+        helm_version=bins.helm_version,
+        path_dirs=bins.path_dirs,
+        ports=ports,
+        started_by=started_by,
+    )
+    layout.state_file.write_text(json.dumps(asdict(info), indent=2))
+    write_env_file(layout, info)
+    elapsed = time.monotonic() - started
+    log(f"up in {elapsed:.1f}s: Kubernetes {bins.kubernetes_version} at {api_server}")
+    return info, True
 
 
 def _stop_all(layout: Layout) -> None:
@@ -613,11 +634,56 @@ def down(layout: Layout = DEFAULT_LAYOUT) -> None:
     if not layout.root.exists():
         return
     with locked(layout):
-        _stop_all(layout)
-        for path in (layout.kubeconfig, layout.env_file, layout.state_file):
+        _down_locked(layout)
+
+
+def _down_locked(layout: Layout) -> None:
+    _stop_all(layout)
+    for path in (layout.kubeconfig, layout.env_file, layout.state_file):
+        path.unlink(missing_ok=True)
+    for directory in (layout.etcd_data, layout.run, layout.pki, layout.users):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- sessions sharing one cluster -----------------------------------------------------------
+
+
+def _user_file(layout: Layout, pid: int) -> Path:
+    return layout.users / f"{pid}.json"
+
+
+def _live_users(layout: Layout) -> list[processes.Tracked]:
+    live = []
+    for path in sorted(layout.users.glob("*.json")):
+        tracked = processes.read_pid_file(path)
+        if tracked is not None and processes.is_alive(tracked):
+            live.append(tracked)
+        else:
             path.unlink(missing_ok=True)
-        for directory in (layout.etcd_data, layout.run, layout.pki):
-            shutil.rmtree(directory, ignore_errors=True)
+    return live
+
+
+def attach(layout: Layout = DEFAULT_LAYOUT) -> ClusterInfo:
+    """Use the cluster from this process (a test session), starting it if it is not up.
+
+    Test sessions in the same checkout may overlap; each registers itself, and a cluster a
+    session started is stopped by `detach` only when no other live session still uses it.
+    """
+    with locked(layout):
+        info, _ = _up_locked(layout, started_by="tests")
+        processes.write_pid_file(_user_file(layout, os.getpid()), "session", os.getpid())
+        return info
+
+
+def detach(layout: Layout = DEFAULT_LAYOUT) -> bool:
+    """Stop using the cluster; stops it if tests started it and nobody uses it. True if so."""
+    with locked(layout):
+        _user_file(layout, os.getpid()).unlink(missing_ok=True)
+        info = read_info(layout)
+        if info is None or info.started_by != "tests" or _live_users(layout):
+            return False
+        _down_locked(layout)
+        return True
 
 
 def status(layout: Layout = DEFAULT_LAYOUT) -> int:

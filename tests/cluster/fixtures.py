@@ -1,8 +1,9 @@
 """Pytest fixtures for the test cluster, on the same code as `make cluster-up`.
 
 `k8s_cluster` (session scope) reuses a cluster that is already up (one started by hand with
-`make cluster-up`, say) and leaves it running; otherwise it starts one and stops it when the
-session ends. It also exports the cluster's variables (KUBECONFIG, PATH with kubectl and
+`make cluster-up`, or by another test session in this checkout) and otherwise starts one; a
+cluster started by tests is stopped when the last session using it ends, one started by hand
+stays up. It also exports the cluster's variables (KUBECONFIG, PATH with kubectl and
 helm, the S3 endpoint and credentials) to os.environ for the session, as `source
 .cluster/env` does in a shell.
 """
@@ -73,7 +74,7 @@ class Cluster:
 @pytest.fixture(scope="session")
 def k8s_cluster() -> Iterator[Cluster]:
     try:
-        info, started = clusterctl.up()
+        info = clusterctl.attach()
     except RuntimeError as error:
         pytest.fail(str(error), pytrace=False)
     env = info.env()
@@ -87,5 +88,4 @@ def k8s_cluster() -> Iterator[Cluster]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        if started:
-            clusterctl.down()
+        clusterctl.detach()
