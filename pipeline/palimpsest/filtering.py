@@ -64,10 +64,14 @@ def syntax_problem(code: str) -> tuple[str, str] | None:
     """(reason, detail) when `code` does not compile; anything compile() raises is caught."""
     try:
         compile(code, "<string>", "exec")
-    except SyntaxError as exc:
-        return "syntax_error", f"{exc.msg} (line {exc.lineno})"
-    except ValueError as exc:
-        return "null_bytes" if "null" in str(exc) else "compile_error", str(exc)[:200]
+    except (SyntaxError, ValueError) as exc:
+        # NUL bytes raise ValueError on older Pythons and SyntaxError on newer ones.
+        message = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        if "null bytes" in message:
+            return "null_bytes", message
+        if isinstance(exc, SyntaxError):
+            return "syntax_error", f"{exc.msg} (line {exc.lineno})"
+        return "compile_error", message[:200]
     except (RecursionError, MemoryError) as exc:
         return "too_deeply_nested", type(exc).__name__
     except Exception as exc:  # noqa: BLE001 - hostile input may raise anything

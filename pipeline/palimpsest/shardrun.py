@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from palimpsest.commit import ShardOutput, read_marker
 from palimpsest.filtering import CodeFilter, FilterSettings
-from palimpsest.identity import FILTER_TOOLS, stage_id, tool_versions
+from palimpsest.identity import FILTER_TOOLS, pinned_tools, stage_id
 from palimpsest.lint.pool import LintPool
 from palimpsest.plan import ShardPlan
 from palimpsest.stats import Stats
@@ -29,19 +29,16 @@ class ShardResult:
     stats: Stats
 
 
-def filter_stage_id(plan: ShardPlan, settings: FilterSettings) -> str:
-    return stage_id("filter", plan.plan_id, settings.identity(), None, tool_versions(FILTER_TOOLS))
-
-
-def filter_stage_uri(output_uri: str, plan: ShardPlan, settings: FilterSettings) -> str:
-    return join(output_uri, filter_stage_id(plan, settings))
+def filter_stage_id(plan_id: str, settings: FilterSettings) -> str:
+    """The filter stage's id: its plan, the settings that decide results, the pinned tools."""
+    return stage_id("filter", plan_id, settings.identity(), None, pinned_tools(FILTER_TOOLS))
 
 
 def run_filter_shard(store: Store, plan: ShardPlan, index: int, output_uri: str,
                      settings: FilterSettings, pool: LintPool) -> ShardResult:
     if not 0 <= index < len(plan.shards):
         raise IndexError(f"shard index {index} outside the plan's 0..{len(plan.shards) - 1}")
-    sid = filter_stage_id(plan, settings)
+    sid = filter_stage_id(plan.plan_id, settings)
     stage_uri = join(output_uri, sid)
     existing = read_marker(store, stage_uri, index)
     if existing is not None:

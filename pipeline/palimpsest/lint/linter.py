@@ -17,6 +17,8 @@ score below it; messages only ever lower a rating, so this never changes a decis
 
 from __future__ import annotations
 
+import collections
+import copy
 import os
 import sys
 import tempfile
@@ -84,6 +86,14 @@ def _make_reporter(base: type[Any]) -> type[Any]:
     return ThresholdReporter
 
 
+def _copy_containers(state: dict[str, Any]) -> dict[str, Any]:
+    """Copy the containers of an object's state (its stacks and maps); share everything else."""
+    return {
+        name: copy.copy(value) if isinstance(value, (list, dict, set, collections.deque)) else value
+        for name, value in state.items()
+    }
+
+
 def count_statements(module: Any) -> int:
     """Statements as pylint's AST walker counts them (every node with `is_statement`)."""
     count = 0
@@ -112,8 +122,23 @@ class SampleLinter:
         run = Run([*PYLINT_ARGS, "--rcfile", str(rcfile), str(warmup)], reporter=self._reporter, exit=False)
         warmup.unlink()
         self._linter = run.linter
+        # Checkers reset most per-module state when a module is left; a stopped walk never
+        # leaves it, so their state as of a finished run is kept to restore after a stop.
+        self._pristine = [
+            (checker, self._snapshot(checker)) for checker in run.linter.get_checkers()
+            if checker is not run.linter
+        ]
         self._counter = 0
         self._prefix = f"_palimpsest_sample_{os.getpid()}_"
+
+    @staticmethod
+    def _snapshot(checker: Any) -> dict[str, Any]:
+        return _copy_containers(vars(checker))
+
+    def _restore_checkers(self) -> None:
+        for checker, state in self._pristine:
+            vars(checker).clear()
+            vars(checker).update(_copy_containers(state))
 
     def lint(self, source: str, min_score: float | None = None, ratio: float = 0.0) -> LintResult:
         """Rate `source`; with `min_score`, stop once the penalised score cannot reach it."""
@@ -138,6 +163,7 @@ class SampleLinter:
             try:
                 self._linter.check([str(path)])
             except _Hopeless:
+                self._restore_checkers()
                 rating = printed_rating(self._reporter.points, statements, self._reporter.fatal)
                 return LintResult(rating, statements, stopped_early=True)
             stats = self._linter.stats
