@@ -160,6 +160,12 @@ def test_system_role_is_folded_for_templates_that_reject_it(probe: dict[str, Any
     assert fold["again"] == fold["ids"]
 
 
+def test_a_killed_engine_raises_engine_dead_error(probe: dict[str, Any]) -> None:
+    dead = probe["dead"]
+    assert dead["killed"] >= 1
+    assert dead["outcome"] == "EngineDeadError"
+
+
 def test_s3_model_is_downloaded_once(
     s3_server: s3server.S3Server, tiny_model: Path, tmp_path: Path
 ) -> None:

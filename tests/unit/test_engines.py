@@ -128,6 +128,17 @@ def test_vllm_describe_has_what_decides_results_and_not_what_does_not() -> None:
     assert "gpu_memory_utilization" not in described
 
 
+def test_vllm_describe_leaves_out_engine_args_that_only_change_speed() -> None:
+    engine = make_engine(
+        EngineSettings(
+            type="vllm",
+            model="m",
+            engine_args={"max_num_seqs": 8, "enforce_eager": True, "quantization": "fp8"},
+        )
+    )
+    assert engine.describe()["engine_args"] == {"quantization": "fp8"}
+
+
 def test_importing_the_engines_loads_neither_vllm_nor_httpx() -> None:
     code = (
         "import sys, palimpsest.engines, palimpsest.prompts\n"

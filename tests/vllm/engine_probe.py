@@ -23,6 +23,7 @@ from typing import Any
 
 from palimpsest.engines import (
     ChatMessage,
+    EngineDeadError,
     EngineSettings,
     GenerationRequest,
     GenerationResult,
@@ -126,11 +127,37 @@ async def probe(model_dir: Path, model: str, no_system_model: Path | None) -> di
         generated = sum(r.generated_tokens for r in burst_results)
         report["burst"] = {"requests": 16, "generated_tokens": generated, "seconds": seconds}
         report["engine_seconds"] = engine.engine_seconds
+        report["dead"] = await kill_engine_core_then_generate(engine)
     report["engine_seconds_after_close"] = engine.engine_seconds
 
     if no_system_model is not None:
         report["fold"] = fold_check(no_system_model)
     return report
+
+
+async def kill_engine_core_then_generate(engine: VllmEngine) -> dict[str, Any]:
+    """Kill vLLM's engine processes (as an OOM kill or a GPU fault would), then ask for more:
+    the engine must raise EngineDeadError, not hang and not answer."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        child.kill()
+    psutil.wait_procs(children, timeout=10)
+    started = time.monotonic()
+    request = GenerationRequest("after-death", messages("hello"))
+    try:
+        await asyncio.wait_for(engine.generate(request), timeout=60)
+        outcome = "answered"
+    except EngineDeadError:
+        outcome = "EngineDeadError"
+    except TimeoutError:
+        outcome = "hung"
+    return {
+        "killed": len(children),
+        "outcome": outcome,
+        "seconds": time.monotonic() - started,
+    }
 
 
 def fold_check(model_dir: Path) -> dict[str, Any]:

@@ -6,7 +6,8 @@ are tested against a scripted local server.
 
 What it adds over a bare HTTP call:
 - at most `max_in_flight` requests in flight (an asyncio.Semaphore), so a worker can hand it
-  a whole shard without flooding the server;
+  a whole shard without flooding the server; a request waiting to retry keeps its slot, so a
+  struggling server gets less traffic, not more;
 - retries with exponential backoff and jitter on 429, 5xx, timeouts and connection errors,
   honouring Retry-After, for a bounded number of attempts;
 - a classification of failures that keeps records from being rejected for the server's

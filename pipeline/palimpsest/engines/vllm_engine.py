@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from palimpsest.engines.base import (
     BAD_REQUEST,
@@ -35,6 +35,7 @@ from palimpsest.engines.base import (
     Completion,
     Engine,
     EngineDeadError,
+    EngineSettingsError,
     GenerationRequest,
     GenerationResult,
 )
@@ -42,6 +43,24 @@ from palimpsest.engines.model_source import is_s3, resolve_model
 from palimpsest.engines.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
+
+SPEED_ONLY_ENGINE_ARGS: Final = frozenset(
+    {
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "enable_chunked_prefill",
+        "enforce_eager",
+        "compilation_config",
+        "swap_space",
+        "cpu_offload_gb",
+        "disable_log_stats",
+        "enable_log_requests",
+        "distributed_executor_backend",
+    }
+)
+"""vLLM engine arguments that change speed or memory use but not what is generated; they stay
+out of `describe()` so tuning throughput does not re-run a stage. Every other engine argument
+(quantization, kv_cache_dtype, seed, ...) is assumed to decide results."""
 
 
 class _TemplateRejected(Exception):
@@ -74,11 +93,11 @@ class VllmEngine(Engine):
             return
         self._started_at = time.monotonic()
         self._closed_at = None
-        model_path = await asyncio.to_thread(
-            resolve_model, self.settings.model, self.settings.model_cache_dir
-        )
-        self._vllm = _VllmApi.load()
         try:
+            model_path = await asyncio.to_thread(
+                resolve_model, self.settings.model, self.settings.model_cache_dir
+            )
+            self._vllm = _VllmApi.load()
             self._llm = self._vllm.AsyncLLM.from_engine_args(self._engine_args(model_path))
             tokenizer = self._llm.get_tokenizer()
             self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
@@ -86,6 +105,12 @@ class VllmEngine(Engine):
             raise EngineDeadError(f"vLLM failed to start on {self.settings.model}: {exc}") from exc
         self._max_model_len = int(self._llm.model_config.max_model_len)
         self._on_cpu = bool(self._vllm.current_platform.is_cpu())
+        if self.prompt_budget < 1:
+            await self.close()
+            raise EngineSettingsError(
+                f"sampling.max_tokens: {self.settings.sampling.max_tokens} leaves no room for "
+                f"a prompt in the model's context of {self._max_model_len} tokens"
+            )
         self.load_seconds = time.monotonic() - self._started_at
         logger.info(
             "vLLM %s ready in %.1f s: %s, max_model_len %d, prompt budget %d tokens",
@@ -127,7 +152,9 @@ class VllmEngine(Engine):
             "dtype": s.dtype,
             "max_model_len": s.max_model_len,
             "sampling": s.sampling.as_dict(),
-            "engine_args": dict(s.engine_args),
+            "engine_args": {
+                k: v for k, v in s.engine_args.items() if k not in SPEED_ONLY_ENGINE_ARGS
+            },
             "vllm_version": _installed_vllm_version(),
         }
 
