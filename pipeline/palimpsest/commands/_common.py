@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from palimpsest.storage import S3Settings
+
+if TYPE_CHECKING:
+    from palimpsest.filtering import FilterSettings
+
+# Exit code of a worker whose configuration can never work (bad flags, tool versions that
+# differ from the pins): Jobs map it to FailIndex instead of retrying. Other failures exit 1.
+EXIT_CONFIG_ERROR = 3
 
 
 def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +48,7 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
                        help="also drop samples with a back-to-back repeated run of >= 100 characters")
 
 
-def filter_settings(args: argparse.Namespace) -> object:
+def filter_settings(args: argparse.Namespace) -> FilterSettings:
     from palimpsest.filtering import FilterSettings
     from palimpsest.lint.pool import default_workers
     from palimpsest.records import Fields

@@ -45,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from palimpsest.storage import store_for
 
     settings = filter_settings(args)
-    assert isinstance(settings, FilterSettings)
     s3 = s3_settings(args)
     store = store_for(args.input, s3)
     plan = make_plan(store, args.input, PlanSettings(records_per_shard=None, bytes_per_shard=1 << 62))

@@ -13,6 +13,7 @@ import os
 import sys
 
 from palimpsest.commands._common import (
+    EXIT_CONFIG_ERROR,
     add_field_arguments,
     add_filter_arguments,
     add_s3_arguments,
@@ -40,23 +41,35 @@ def shard_index(args: argparse.Namespace) -> int:
     if args.index is not None:
         return int(args.index)
     value = os.environ.get(INDEX_ENV)
-    if value is None:
-        raise SystemExit(f"no shard index: pass --index or set {INDEX_ENV}")
+    if value is None or not value.isdigit():
+        raise ValueError(f"no shard index: pass --index or set {INDEX_ENV} (got {value!r})")
     return int(value)
 
 
 def run(args: argparse.Namespace) -> int:
-    from palimpsest.filtering import FilterSettings
+    if args.stage == "filter":
+        return run_filter(args)
+    raise SystemExit(f"unknown stage {args.stage!r}")
+
+
+def run_filter(args: argparse.Namespace) -> int:
+    from palimpsest.identity import FILTER_TOOLS, check_tools
     from palimpsest.lint.pool import LintPool
     from palimpsest.plan import ShardPlan
     from palimpsest.shardrun import run_filter_shard
     from palimpsest.storage import store_for
 
+    problems = check_tools(FILTER_TOOLS)
+    try:
+        if problems:
+            raise ValueError("this environment does not match the pinned tools: " + "; ".join(problems))
+        settings = filter_settings(args)
+        index = shard_index(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     s3 = s3_settings(args)
     plan = ShardPlan.from_json(store_for(args.plan, s3).read_bytes(args.plan))
-    settings = filter_settings(args)
-    assert isinstance(settings, FilterSettings)
-    index = shard_index(args)
     with LintPool(settings.workers, settings.time_limit) as pool:
         result = run_filter_shard(store_for(args.output, s3), plan, index, args.output, settings, pool)
     print(json.dumps({"shard": index, "committed": result.committed, "already_done": result.already_done,
