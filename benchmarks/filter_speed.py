@@ -59,8 +59,13 @@ def published_score(code: str, workdir: Path) -> float | None:
         handle.write(code)
         path = Path(handle.name)
     try:
-        out = subprocess.run([sys.executable, "-m", "pylint", *PYLINT_ARGS, str(path)],
-                             capture_output=True, text=True, cwd=workdir, check=False).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "pylint", *PYLINT_ARGS, str(path)],
+            capture_output=True,
+            text=True,
+            cwd=workdir,
+            check=False,
+        ).stdout
     finally:
         path.unlink()
     match = RATED.search(out)
@@ -98,25 +103,42 @@ def main() -> None:
     args = parser.parse_args()
     samples = load_samples(args.limit)
     n = len(samples)
-    print(f"{n} samples, {args.workers} linter processes, published method with {PUBLISHED_THREADS} threads")
+    print(
+        f"{n} samples, {args.workers} linter processes, "
+        f"published method with {PUBLISHED_THREADS} threads"
+    )
 
     published, t_pub = run_published(samples)
     exact, t_exact = run_ours(samples, args.workers, exact=True)
     fast, t_fast = run_ours(samples, args.workers, exact=False)
 
     score_diff = sum(
-        1 for code, ref, ours in zip(samples, published, exact, strict=True)
+        1
+        for code, ref, ours in zip(samples, published, exact, strict=True)
         if (ref is None) != ("pylint_score" not in ours)
-        or (ref is not None and syntax_problem(code) is None and abs(ref - ours["pylint_score"]) > 0.01)
+        or (
+            ref is not None
+            and syntax_problem(code) is None
+            and abs(ref - ours["pylint_score"]) > 0.01
+        )
     )
-    decision_exact = sum(1 for code, ref, ours in zip(samples, published, exact, strict=True)
-                         if kept(ref, code) != ("reject_reason" not in ours))
-    decision_fast = sum(1 for code, ref, ours in zip(samples, published, fast, strict=True)
-                        if kept(ref, code) != ("reject_reason" not in ours))
+    decision_exact = sum(
+        1
+        for code, ref, ours in zip(samples, published, exact, strict=True)
+        if kept(ref, code) != ("reject_reason" not in ours)
+    )
+    decision_fast = sum(
+        1
+        for code, ref, ours in zip(samples, published, fast, strict=True)
+        if kept(ref, code) != ("reject_reason" not in ours)
+    )
 
     print(f"{'method':<28}{'seconds':>10}{'files/s':>10}{'ratio':>8}")
-    for name, seconds in (("published (subprocess x4)", t_pub), ("ours, exact scores", t_exact),
-                          ("ours, default (early stop)", t_fast)):
+    for name, seconds in (
+        ("published (subprocess x4)", t_pub),
+        ("ours, exact scores", t_exact),
+        ("ours, default (early stop)", t_fast),
+    ):
         print(f"{name:<28}{seconds:>10.1f}{n / seconds:>10.2f}{t_pub / seconds:>8.1f}")
     print(f"score differs by > 0.01:        {score_diff}/{n} ({100 * score_diff / n:.2f}%)")
     print(f"decision differs (exact):       {decision_exact}/{n} ({100 * decision_exact / n:.2f}%)")

@@ -56,15 +56,18 @@ def check_stages(recipe: str, stages: tuple[str, ...]) -> None:
     allowed = RECIPES[recipe]
     unknown = [s for s in stages if s not in allowed]
     if unknown:
-        raise ValueError(f"stages: {unknown} not in recipe {recipe!r} (its stages: {list(allowed)})")
+        raise ValueError(
+            f"stages: {unknown} not in recipe {recipe!r} (its stages: {list(allowed)})"
+        )
     if list(stages) != [s for s in allowed if s in stages]:
         raise ValueError(f"stages: {list(stages)} out of order (recipe order: {list(allowed)})")
     if not stages:
         raise ValueError("stages: at least one stage is needed")
 
 
-def rewrite_identity(kind: str, engine: EngineSettings, prompt: Prompt, text_field: str,
-                     extra: Mapping[str, Any]) -> dict[str, Any]:
+def rewrite_identity(
+    kind: str, engine: EngineSettings, prompt: Prompt, text_field: str, extra: Mapping[str, Any]
+) -> dict[str, Any]:
     """What decides a rewrite stage's outputs (not how fast it runs)."""
     return {
         "stage": kind,
@@ -108,8 +111,9 @@ def job_stages(
                 raise ValueError(f"rewrite.engine: required for stage {kind!r}")
             if kind not in prompts:
                 raise ValueError(f"rewrite.prompts: no prompt loaded for stage {kind!r}")
-            settings = rewrite_identity(kind, engine, prompts[kind], text_field,
-                                        (stage_extra or {}).get(kind, {}))
+            settings = rewrite_identity(
+                kind, engine, prompts[kind], text_field, (stage_extra or {}).get(kind, {})
+            )
             sid = stage_id(kind, plan_id, settings, previous, pinned_tools(REWRITE_TOOLS))
         refs.append(StageRef(kind, sid, previous))
         previous = sid

@@ -97,8 +97,15 @@ def read_committed(store: Store, marker: Marker, kind: str = OUTPUT_KIND) -> Ite
 class ShardOutput:
     """One attempt at one shard of one stage: write outputs and rejects, then commit or abort."""
 
-    def __init__(self, store: Store, stage_uri: str, stage_id: str, shard: int,
-                 attempt: str | None = None, part_format: str = PART_FORMAT) -> None:
+    def __init__(
+        self,
+        store: Store,
+        stage_uri: str,
+        stage_id: str,
+        shard: int,
+        attempt: str | None = None,
+        part_format: str = PART_FORMAT,
+    ) -> None:
         self.store = store
         self.stage_uri = stage_uri
         self.stage_id = stage_id
@@ -109,8 +116,13 @@ class ShardOutput:
         self._parts: dict[str, list[Part]] = {OUTPUT_KIND: [], REJECTS_KIND: []}
 
     def part_uri(self, kind: str, number: int) -> str:
-        return join(self.stage_uri, kind, f"shard-{self.shard:06d}", self.attempt,
-                    f"part-{number:05d}.{self._format}")
+        return join(
+            self.stage_uri,
+            kind,
+            f"shard-{self.shard:06d}",
+            self.attempt,
+            f"part-{number:05d}.{self._format}",
+        )
 
     def _writer(self, kind: str) -> RecordWriter:
         writers = self._writers[kind]
@@ -131,7 +143,9 @@ class ShardOutput:
                 writer = writers[-1]
                 size = writer.close()
                 self._parts[kind].append(Part(writer.uri, writer.count, size))
-                writers.append(RecordWriter(self.store, self.part_uri(kind, len(self._parts[kind]))))
+                writers.append(
+                    RecordWriter(self.store, self.part_uri(kind, len(self._parts[kind])))
+                )
 
     def _close_all(self) -> None:
         for kind, writers in self._writers.items():
@@ -155,7 +169,9 @@ class ShardOutput:
             stats=stats,
             committed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
-        if self.store.put_bytes(marker_uri(self.stage_uri, self.shard), marker.to_json(), if_absent=True):
+        if self.store.put_bytes(
+            marker_uri(self.stage_uri, self.shard), marker.to_json(), if_absent=True
+        ):
             return True
         self._delete_own_parts()
         return False

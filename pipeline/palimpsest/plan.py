@@ -78,8 +78,10 @@ class PlanSettings:
     def __post_init__(self) -> None:
         if (self.records_per_shard is None) == (self.bytes_per_shard is None):
             raise ValueError("sharding: set exactly one of recordsPerShard and bytesPerShard")
-        for name, value in (("recordsPerShard", self.records_per_shard),
-                            ("bytesPerShard", self.bytes_per_shard)):
+        for name, value in (
+            ("recordsPerShard", self.records_per_shard),
+            ("bytesPerShard", self.bytes_per_shard),
+        ):
             if value is not None and value < 1:
                 raise ValueError(f"sharding.{name} must be >= 1, got {value}")
 
@@ -178,7 +180,9 @@ def _pieces_of(store: Store, obj: ObjectInfo, settings: PlanSettings) -> list[Pi
     est_total = max(1, round(obj.size / bytes_per_record)) if obj.size else 0
     if compression_of(obj.uri) is not None:
         return [Piece(obj.uri, JSONL, est_records=est_total, bytes=obj.size)]
-    target = settings.bytes_per_shard or max(1, round(settings.records_per_shard or 1) * bytes_per_record)
+    target = settings.bytes_per_shard or max(
+        1, round(settings.records_per_shard or 1) * bytes_per_record
+    )
     count = max(1, math.ceil(obj.size / target))
     if count == 1:
         return [Piece(obj.uri, JSONL, est_records=est_total, bytes=obj.size)]
@@ -218,14 +222,14 @@ def _sample_bytes_per_record(store: Store, obj: ObjectInfo) -> float:
         return 1.0
     compression = compression_of(obj.uri)
     stream = store.open_range(obj.uri, 0, None if compression else min(obj.size, SAMPLE_BYTES))
-    counting = _CountingReader(stream)
+    counting: Any = _CountingReader(stream)
     lines = 0
     seen = 0
     try:
         if compression == "gzip":
             import gzip
 
-            decoded: Any = gzip.GzipFile(fileobj=counting)  # type: ignore[arg-type]
+            decoded: Any = gzip.GzipFile(fileobj=counting)
         elif compression == "zstd":
             import zstandard
 
@@ -251,20 +255,26 @@ def _parquet_pieces(store: Store, obj: ObjectInfo, settings: PlanSettings) -> li
 
     with open_seekable(store, obj.uri, obj.size) as handle:
         meta = pq.ParquetFile(handle).metadata
-    groups = [(g, meta.row_group(g).num_rows, meta.row_group(g).total_byte_size)
-              for g in range(meta.num_row_groups)]
+    groups = [
+        (g, meta.row_group(g).num_rows, meta.row_group(g).total_byte_size)
+        for g in range(meta.num_row_groups)
+    ]
     pieces: list[Piece] = []
     current: list[int] = []
     rows = size = 0
     for group, group_rows, group_bytes in groups:
         if current and _full(rows + group_rows, size + group_bytes, settings):
-            pieces.append(Piece(obj.uri, PARQUET, row_groups=tuple(current), est_records=rows, bytes=size))
+            pieces.append(
+                Piece(obj.uri, PARQUET, row_groups=tuple(current), est_records=rows, bytes=size)
+            )
             current, rows, size = [], 0, 0
         current.append(group)
         rows += group_rows
         size += group_bytes
     if current or not pieces:
-        pieces.append(Piece(obj.uri, PARQUET, row_groups=tuple(current), est_records=rows, bytes=size))
+        pieces.append(
+            Piece(obj.uri, PARQUET, row_groups=tuple(current), est_records=rows, bytes=size)
+        )
     return pieces
 
 

@@ -78,8 +78,13 @@ def decode_line(source: str, position: int, line: bytes) -> RawRecord:
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return RawRecord(source, position, None, f"invalid_utf8: {exc.reason} at byte {exc.start}",
-                         line[:200].decode("utf-8", "replace"))
+        return RawRecord(
+            source,
+            position,
+            None,
+            f"invalid_utf8: {exc.reason} at byte {exc.start}",
+            line[:200].decode("utf-8", "replace"),
+        )
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -97,11 +102,13 @@ def _decompressed(stream: IO[bytes], compression: str | None) -> IO[bytes]:
     if compression == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(stream)  # type: ignore[no-any-return]
+        return zstandard.ZstdDecompressor().stream_reader(stream)
     return stream
 
 
-def read_jsonl(store: Store, uri: str, start: int = 0, end: int | None = None) -> Iterator[RawRecord]:
+def read_jsonl(
+    store: Store, uri: str, start: int = 0, end: int | None = None
+) -> Iterator[RawRecord]:
     """Records whose line starts in [start, end) of the object (the whole object by default).
 
     A line belongs to the range holding its first byte, so ranges that tile an object read
@@ -133,7 +140,9 @@ def read_jsonl(store: Store, uri: str, start: int = 0, end: int | None = None) -
         stream.close()
 
 
-def read_parquet(store: Store, uri: str, row_groups: tuple[int, ...] | None = None) -> Iterator[RawRecord]:
+def read_parquet(
+    store: Store, uri: str, row_groups: tuple[int, ...] | None = None
+) -> Iterator[RawRecord]:
     """Rows of the given row groups (all by default), as records, batch by batch."""
     import pyarrow.parquet as pq
 
@@ -197,7 +206,7 @@ class _RangeFile(io.RawIOBase):
 def open_seekable(store: Store, uri: str, size: int | None = None) -> IO[bytes]:
     """A seekable binary file for `uri`: the local file itself, or ranged reads of S3."""
     if not uri.startswith("s3://"):
-        return open(uri, "rb")  # noqa: SIM115 - the caller closes it
+        return open(uri, "rb")
     raw = _RangeFile(store, uri, store.size(uri) if size is None else size)
     return io.BufferedReader(raw, buffer_size=1 << 16)
 
@@ -230,7 +239,7 @@ class RecordWriter:
         if compression == "zstd":
             import zstandard
 
-            return zstandard.ZstdCompressor(level=3).stream_writer(raw)  # type: ignore[no-any-return]
+            return zstandard.ZstdCompressor(level=3).stream_writer(raw)
         return raw
 
     def write(self, record: Record) -> None:

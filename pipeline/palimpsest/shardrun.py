@@ -34,8 +34,14 @@ def filter_stage_id(plan_id: str, settings: FilterSettings) -> str:
     return stage_id("filter", plan_id, settings.identity(), None, pinned_tools(FILTER_TOOLS))
 
 
-def run_filter_shard(store: Store, plan: ShardPlan, index: int, output_uri: str,
-                     settings: FilterSettings, pool: LintPool) -> ShardResult:
+def run_filter_shard(
+    store: Store,
+    plan: ShardPlan,
+    index: int,
+    output_uri: str,
+    settings: FilterSettings,
+    pool: LintPool,
+) -> ShardResult:
     if not 0 <= index < len(plan.shards):
         raise IndexError(f"shard index {index} outside the plan's 0..{len(plan.shards) - 1}")
     sid = filter_stage_id(plan.plan_id, settings)
@@ -47,7 +53,9 @@ def run_filter_shard(store: Store, plan: ShardPlan, index: int, output_uri: str,
     out = ShardOutput(store, stage_uri, sid, index)
     stats = Stats()
     try:
-        CodeFilter(settings, pool).run(plan.shards[index].read(store), out.write, out.write_reject, stats)
+        CodeFilter(settings, pool).run(
+            plan.shards[index].read(store), out.write, out.write_reject, stats
+        )
     except BaseException:
         out.abort()
         raise

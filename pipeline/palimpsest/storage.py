@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -219,7 +220,7 @@ class S3Store:
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if start > 0 or end is not None:
             if end is not None and end <= start:
-                return _LimitedReader(_EmptyReader(), 0)  # type: ignore[return-value]
+                return io.BytesIO(b"")
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         try:
             body = self._client.get_object(**kwargs)["Body"]
@@ -264,14 +265,6 @@ class S3Store:
         self._client.delete_object(Bucket=bucket, Key=key)
 
 
-class _EmptyReader:
-    def read(self, size: int = -1) -> bytes:
-        return b""
-
-    def close(self) -> None:
-        pass
-
-
 _S3_STORES: dict[S3Settings, S3Store] = {}
 
 
@@ -289,7 +282,9 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def iter_lines_with_offsets(stream: IO[bytes], base: int, chunk_size: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
+def iter_lines_with_offsets(
+    stream: IO[bytes], base: int, chunk_size: int = 1 << 20
+) -> Iterator[tuple[int, bytes]]:
     """Yield (absolute offset, line without its newline) from a binary stream, in bounded memory."""
     pending = b""
     offset = base

@@ -16,12 +16,15 @@ from palimpsest.filtering import FilterSettings
 from palimpsest.plan import PlanSettings, ShardPlan, make_plan
 from palimpsest.records import RecordWriter
 from palimpsest.shardrun import filter_stage_id
-from palimpsest.storage import S3Store, S3Settings, store_for
+from palimpsest.storage import S3Settings, S3Store, store_for
 from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration
 
-GOOD = '"""Module."""\n\n\ndef double(value: int) -> int:\n    """Twice the value."""\n    return 2 * value\n\n\nprint(double(2))\n'
+GOOD = (
+    '"""Module."""\n\n\ndef double(value: int) -> int:\n'
+    '    """Twice the value."""\n    return 2 * value\n\n\nprint(double(2))\n'
+)
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -49,10 +52,14 @@ def test_read_write_every_format_on_s3(s3_server: S3Server, s3_bucket: str) -> N
             writer.write({"id": i, "text": f"x = {i}"})
         writer.close()
         plan = make_plan(s3, uri, PlanSettings(records_per_shard=1000))
-        assert [raw.record["id"] for s in plan.shards for raw in s.read(s3) if raw.record] == list(range(300))
+        assert [raw.record["id"] for s in plan.shards for raw in s.read(s3) if raw.record] == list(
+            range(300)
+        )
 
 
-def test_byte_range_shards_cover_s3_objects_exactly_once(s3_server: S3Server, s3_bucket: str) -> None:
+def test_byte_range_shards_cover_s3_objects_exactly_once(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
     put_input(s3_server, s3_bucket, n=200)
     s3 = store(s3_server)
     plan = make_plan(s3, f"s3://{s3_bucket}/in/", PlanSettings(records_per_shard=17))
@@ -61,16 +68,36 @@ def test_byte_range_shards_cover_s3_objects_exactly_once(s3_server: S3Server, s3
     assert len(ids) == 400 == len(set(ids))
 
 
-def run_worker(server: S3Server, plan_uri: str, out: str, index: int) -> subprocess.CompletedProcess[str]:
+def run_worker(
+    server: S3Server, plan_uri: str, out: str, index: int
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **server.env(), "JOB_COMPLETION_INDEX": str(index)}
     return subprocess.run(
-        [sys.executable, "-m", "palimpsest.cli", "worker", "filter", "--plan", plan_uri,
-         "--output", out, "--workers", "1"],
-        env=env, capture_output=True, text=True, cwd=REPO, check=False, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "palimpsest.cli",
+            "worker",
+            "filter",
+            "--plan",
+            plan_uri,
+            "--output",
+            out,
+            "--workers",
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+        timeout=300,
     )
 
 
-def test_worker_commits_each_shard_once_and_reruns_are_no_ops(s3_server: S3Server, s3_bucket: str) -> None:
+def test_worker_commits_each_shard_once_and_reruns_are_no_ops(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
     put_input(s3_server, s3_bucket, n=30)
     s3 = store(s3_server)
     plan = make_plan(s3, f"s3://{s3_bucket}/in/", PlanSettings(records_per_shard=20))
@@ -96,7 +123,9 @@ def test_worker_commits_each_shard_once_and_reruns_are_no_ops(s3_server: S3Serve
     assert all(r["pylint_score"] == 10.0 and "keep_me" in r for r in kept)
 
 
-def test_two_attempts_racing_on_one_shard_commit_exactly_once(s3_server: S3Server, s3_bucket: str) -> None:
+def test_two_attempts_racing_on_one_shard_commit_exactly_once(
+    s3_server: S3Server, s3_bucket: str
+) -> None:
     put_input(s3_server, s3_bucket, n=30)
     s3 = store(s3_server)
     plan = make_plan(s3, f"s3://{s3_bucket}/in/", PlanSettings(records_per_shard=100))
@@ -104,9 +133,23 @@ def test_two_attempts_racing_on_one_shard_commit_exactly_once(s3_server: S3Serve
     s3.put_bytes(plan_uri, plan.to_json())
     out = f"s3://{s3_bucket}/race"
     env = {**os.environ, **s3_server.env(), "JOB_COMPLETION_INDEX": "0"}
-    cmd = [sys.executable, "-m", "palimpsest.cli", "worker", "filter", "--plan", plan_uri, "--output", out,
-           "--workers", "1"]
-    procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "palimpsest.cli",
+        "worker",
+        "filter",
+        "--plan",
+        plan_uri,
+        "--output",
+        out,
+        "--workers",
+        "1",
+    ]
+    procs = [
+        subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(r["committed"] for r in results) in ([False, True], [False, False])
@@ -130,9 +173,24 @@ def test_plan_cli_writes_a_plan_to_s3(s3_server: S3Server, s3_bucket: str) -> No
     put_input(s3_server, s3_bucket, n=50)
     env = {**os.environ, **s3_server.env()}
     plan_uri = f"s3://{s3_bucket}/plans/cli.json"
-    done = subprocess.run([sys.executable, "-m", "palimpsest.cli", "plan", f"s3://{s3_bucket}/in/",
-                           "--records-per-shard", "25", "--out", plan_uri],
-                          env=env, capture_output=True, text=True, cwd=REPO, check=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "palimpsest.cli",
+            "plan",
+            f"s3://{s3_bucket}/in/",
+            "--records-per-shard",
+            "25",
+            "--out",
+            plan_uri,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     summary = json.loads(done.stdout)
     plan = ShardPlan.from_json(store(s3_server).read_bytes(plan_uri))
     assert summary["plan_id"] == plan.plan_id and summary["shards"] == len(plan.shards) >= 4

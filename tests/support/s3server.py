@@ -57,7 +57,9 @@ def _wait_ready(endpoint: str, proc: subprocess.Popen[bytes], timeout: float) ->
     raise TimeoutError(f"moto server at {endpoint} not ready after {timeout}s")
 
 
-def start(port: int | None = None, log_path: Path | None = None, timeout: float = 30.0) -> tuple[S3Server, subprocess.Popen[bytes]]:
+def start(
+    port: int | None = None, log_path: Path | None = None, timeout: float = 30.0
+) -> tuple[S3Server, subprocess.Popen[bytes]]:
     """Start moto's server on loopback; returns the endpoint and the process to stop later."""
     port = port or free_port()
     endpoint = f"http://127.0.0.1:{port}"

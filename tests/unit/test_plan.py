@@ -76,7 +76,9 @@ def test_compressed_objects_stay_whole_and_parquet_splits_at_row_groups(tmp_path
 
 def test_bytes_per_shard_and_bad_settings(tmp_path: Path) -> None:
     make_input(tmp_path / "in")
-    plan = make_plan(STORE, str(tmp_path / "in"), PlanSettings(records_per_shard=None, bytes_per_shard=20_000))
+    plan = make_plan(
+        STORE, str(tmp_path / "in"), PlanSettings(records_per_shard=None, bytes_per_shard=20_000)
+    )
     assert len(read_ids(plan)) == len(set(read_ids(plan)))
     with pytest.raises(ValueError, match="recordsPerShard"):
         PlanSettings(records_per_shard=0)
@@ -87,5 +89,5 @@ def test_bytes_per_shard_and_bad_settings(tmp_path: Path) -> None:
 def test_empty_input_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.csv").write_text("a,b\n")
-    with pytest.raises(ValueError, match="no .jsonl"):
+    with pytest.raises(ValueError, match=r"no \.jsonl"):
         make_plan(STORE, str(tmp_path / "in"), PlanSettings())

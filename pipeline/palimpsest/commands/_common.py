@@ -17,8 +17,11 @@ EXIT_CONFIG_ERROR = 3
 
 def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("S3")
-    group.add_argument("--s3-endpoint", default=None,
-                       help="S3 endpoint URL for MinIO/Ceph/other S3 (default: AWS, or AWS_ENDPOINT_URL_S3)")
+    group.add_argument(
+        "--s3-endpoint",
+        default=None,
+        help="S3 endpoint URL for MinIO/Ceph/other S3 (default: AWS, or AWS_ENDPOINT_URL_S3)",
+    )
     group.add_argument("--s3-region", default=None, help="S3 region (default: the AWS config)")
 
 
@@ -27,8 +30,12 @@ def s3_settings(args: argparse.Namespace) -> S3Settings:
 
 
 def add_field_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--text-field", default="text", help="record field holding the text (default: text)")
-    parser.add_argument("--id-field", default="id", help="record field holding the id (default: id)")
+    parser.add_argument(
+        "--text-field", default="text", help="record field holding the text (default: text)"
+    )
+    parser.add_argument(
+        "--id-field", default="id", help="record field holding the id (default: id)"
+    )
 
 
 def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,16 +43,32 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
     from palimpsest.lint.scoring import DEFAULT_MIN_SCORE
 
     group = parser.add_argument_group("filter")
-    group.add_argument("--min-score", type=float, default=DEFAULT_MIN_SCORE,
-                       help=f"keep samples whose penalised pylint score is >= this (default {DEFAULT_MIN_SCORE})")
-    group.add_argument("--workers", type=int, default=None,
-                       help="linter processes (default: the number of cores)")
-    group.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
-                       help=f"seconds one sample may spend in pylint before it is rejected (default {DEFAULT_TIME_LIMIT:g})")
-    group.add_argument("--exact-scores", action="store_true",
-                       help="lint every sample to the end, so every reject carries its exact score (slower)")
-    group.add_argument("--repetition", action="store_true",
-                       help="also drop samples with a back-to-back repeated run of >= 100 characters")
+    group.add_argument(
+        "--min-score",
+        type=float,
+        default=DEFAULT_MIN_SCORE,
+        help=f"keep samples whose penalised pylint score is >= this (default {DEFAULT_MIN_SCORE})",
+    )
+    group.add_argument(
+        "--workers", type=int, default=None, help="linter processes (default: the number of cores)"
+    )
+    group.add_argument(
+        "--time-limit",
+        type=float,
+        default=DEFAULT_TIME_LIMIT,
+        help="seconds one sample may spend in pylint before it is rejected "
+        f"(default {DEFAULT_TIME_LIMIT:g})",
+    )
+    group.add_argument(
+        "--exact-scores",
+        action="store_true",
+        help="lint every sample to the end, so every reject carries its exact score (slower)",
+    )
+    group.add_argument(
+        "--repetition",
+        action="store_true",
+        help="also drop samples with a back-to-back repeated run of >= 100 characters",
+    )
 
 
 def filter_settings(args: argparse.Namespace) -> FilterSettings:

@@ -16,10 +16,18 @@ from palimpsest.commands._common import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="IN", help="input file or prefix (.jsonl[.gz|.zst], .parquet; local or s3://)")
+    parser.add_argument(
+        "input",
+        metavar="IN",
+        help="input file or prefix (.jsonl[.gz|.zst], .parquet; local or s3://)",
+    )
     parser.add_argument("output", metavar="OUT", help="kept records (format from the name)")
-    parser.add_argument("--rejects", metavar="REJ", default=None,
-                        help="rejected records with reject_reason (default: OUT with .rejects before the extension)")
+    parser.add_argument(
+        "--rejects",
+        metavar="REJ",
+        default=None,
+        help="rejected records with reject_reason (default: NAME.rejects.EXT beside OUT)",
+    )
     parser.add_argument("--stats", metavar="STATS.json", default=None, help="write the counts here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_field_arguments(parser)
@@ -37,7 +45,7 @@ def default_rejects_uri(output: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from palimpsest.filtering import CodeFilter, FilterSettings
+    from palimpsest.filtering import CodeFilter
     from palimpsest.lint.pool import LintPool
     from palimpsest.plan import PlanSettings, make_plan
     from palimpsest.records import RecordWriter
@@ -47,12 +55,16 @@ def run(args: argparse.Namespace) -> int:
     settings = filter_settings(args)
     s3 = s3_settings(args)
     store = store_for(args.input, s3)
-    plan = make_plan(store, args.input, PlanSettings(records_per_shard=None, bytes_per_shard=1 << 62))
+    plan = make_plan(
+        store, args.input, PlanSettings(records_per_shard=None, bytes_per_shard=1 << 62)
+    )
     kept = RecordWriter(store_for(args.output, s3), args.output)
     rejects_uri = args.rejects or default_rejects_uri(args.output)
     rejected = RecordWriter(store_for(rejects_uri, s3), rejects_uri)
     stats = Stats()
-    bar = tqdm(total=plan.est_records, unit="rec", disable=args.no_progress, file=sys.stderr, desc="filter")
+    bar = tqdm(
+        total=plan.est_records, unit="rec", disable=args.no_progress, file=sys.stderr, desc="filter"
+    )
     with LintPool(settings.workers, settings.time_limit) as pool:
         flt = CodeFilter(settings, pool)
         for shard in plan.shards:
@@ -62,7 +74,18 @@ def run(args: argparse.Namespace) -> int:
     rejected.close()
     summary = stats.to_dict()
     if args.stats:
-        store_for(args.stats, s3).put_bytes(args.stats, json.dumps(summary, indent=1).encode("utf-8"))
-    print(json.dumps({"kept": stats.kept, "rejected": stats.rejected, "rejects": summary["rejects"],
-                      "seconds": summary["seconds"]}), file=sys.stderr)
+        store_for(args.stats, s3).put_bytes(
+            args.stats, json.dumps(summary, indent=1).encode("utf-8")
+        )
+    print(
+        json.dumps(
+            {
+                "kept": stats.kept,
+                "rejected": stats.rejected,
+                "rejects": summary["rejects"],
+                "seconds": summary["seconds"],
+            }
+        ),
+        file=sys.stderr,
+    )
     return 0

@@ -12,11 +12,21 @@ from palimpsest.commands._common import add_s3_arguments, s3_settings
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="INPUT_URI", help="a file or prefix, local or s3://")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--records-per-shard", type=int, default=None,
-                      help="target records per shard (default 10000)")
-    size.add_argument("--bytes-per-shard", type=int, default=None, help="target input bytes per shard")
-    parser.add_argument("--out", default=None, metavar="PLAN_URI",
-                        help="where to write the plan (default: print it to stdout)")
+    size.add_argument(
+        "--records-per-shard",
+        type=int,
+        default=None,
+        help="target records per shard (default 10000)",
+    )
+    size.add_argument(
+        "--bytes-per-shard", type=int, default=None, help="target input bytes per shard"
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="PLAN_URI",
+        help="where to write the plan (default: print it to stdout)",
+    )
     add_s3_arguments(parser)
 
 
@@ -35,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(body.decode("utf-8") + "\n")
         return 0
     store_for(args.out, s3_settings(args)).put_bytes(args.out, body)
-    summary = {"plan_id": plan.plan_id, "shards": len(plan.shards), "est_records": plan.est_records,
-               "skipped": list(plan.skipped), "plan": args.out}
+    summary = {
+        "plan_id": plan.plan_id,
+        "shards": len(plan.shards),
+        "est_records": plan.est_records,
+        "skipped": list(plan.skipped),
+        "plan": args.out,
+    }
     print(json.dumps(summary))
     return 0

@@ -27,11 +27,16 @@ INDEX_ENV = "JOB_COMPLETION_INDEX"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     flt = sub.add_parser("filter", help="syntax check and pylint filter of one shard")
-    flt.add_argument("--plan", required=True, metavar="PLAN_URI", help="the shard plan (local or s3://)")
-    flt.add_argument("--output", required=True, metavar="URI",
-                     help="job output root; the stage writes under URI/<stage-id>/")
-    flt.add_argument("--index", type=int, default=None,
-                     help=f"shard index (default: ${INDEX_ENV})")
+    flt.add_argument(
+        "--plan", required=True, metavar="PLAN_URI", help="the shard plan (local or s3://)"
+    )
+    flt.add_argument(
+        "--output",
+        required=True,
+        metavar="URI",
+        help="job output root; the stage writes under URI/<stage-id>/",
+    )
+    flt.add_argument("--index", type=int, default=None, help=f"shard index (default: ${INDEX_ENV})")
     add_field_arguments(flt)
     add_filter_arguments(flt)
     add_s3_arguments(flt)
@@ -62,7 +67,9 @@ def run_filter(args: argparse.Namespace) -> int:
     problems = check_tools(FILTER_TOOLS)
     try:
         if problems:
-            raise ValueError("this environment does not match the pinned tools: " + "; ".join(problems))
+            raise ValueError(
+                "this environment does not match the pinned tools: " + "; ".join(problems)
+            )
         settings = filter_settings(args)
         index = shard_index(args)
     except ValueError as exc:
@@ -71,7 +78,18 @@ def run_filter(args: argparse.Namespace) -> int:
     s3 = s3_settings(args)
     plan = ShardPlan.from_json(store_for(args.plan, s3).read_bytes(args.plan))
     with LintPool(settings.workers, settings.time_limit) as pool:
-        result = run_filter_shard(store_for(args.output, s3), plan, index, args.output, settings, pool)
-    print(json.dumps({"shard": index, "committed": result.committed, "already_done": result.already_done,
-                      "stats": result.stats.to_dict()}), file=sys.stdout)
+        result = run_filter_shard(
+            store_for(args.output, s3), plan, index, args.output, settings, pool
+        )
+    print(
+        json.dumps(
+            {
+                "shard": index,
+                "committed": result.committed,
+                "already_done": result.already_done,
+                "stats": result.stats.to_dict(),
+            }
+        ),
+        file=sys.stdout,
+    )
     return 0

@@ -49,7 +49,7 @@ class _Hopeless(BaseException):
 
 
 def _make_reporter(base: type[Any]) -> type[Any]:
-    class ThresholdReporter(base):  # type: ignore[misc, valid-type]
+    class ThresholdReporter(base):  # type: ignore[misc]
         """Collects nothing; tracks the rating bound and stops when it is out of reach."""
 
         name = "palimpsest-threshold"
@@ -119,13 +119,18 @@ class SampleLinter:
         self._reporter = _make_reporter(BaseReporter)()
         warmup = self._dir / "palimpsest_warmup_sample.py"
         warmup.write_text("VALUE = 1\n")
-        run = Run([*PYLINT_ARGS, "--rcfile", str(rcfile), str(warmup)], reporter=self._reporter, exit=False)
+        run = Run(
+            [*PYLINT_ARGS, "--rcfile", str(rcfile), str(warmup)],
+            reporter=self._reporter,
+            exit=False,
+        )
         warmup.unlink()
         self._linter = run.linter
         # Checkers reset most per-module state when a module is left; a stopped walk never
         # leaves it, so their state as of a finished run is kept to restore after a stop.
         self._pristine = [
-            (checker, self._snapshot(checker)) for checker in run.linter.get_checkers()
+            (checker, self._snapshot(checker))
+            for checker in run.linter.get_checkers()
             if checker is not run.linter
         ]
         self._counter = 0
@@ -170,7 +175,9 @@ class SampleLinter:
             if stats.statement == 0:
                 return LintResult(None, 0)
             points = 5 * stats.error + stats.warning + stats.refactor + stats.convention
-            return LintResult(printed_rating(points, stats.statement, stats.fatal > 0), stats.statement)
+            return LintResult(
+                printed_rating(points, stats.statement, stats.fatal > 0), stats.statement
+            )
         finally:
             sys.path[:] = saved_path
             MANAGER.astroid_cache.pop(modname, None)

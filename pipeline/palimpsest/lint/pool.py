@@ -10,6 +10,7 @@ long the shard is.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -196,16 +197,14 @@ class LintPool:
                     break
             conns = {w.conn: w for w in self._workers}
             for conn in multiprocessing.connection.wait(list(conns), timeout=max(wait_for, 0.0)):
-                self._receive(conns[conn])  # type: ignore[index]
+                self._receive(conns[conn])
             self._dispatch()
 
     def close(self) -> None:
         for worker in self._workers:
             if worker.process.is_alive() and worker.ready and worker.task is None:
-                try:
+                with contextlib.suppress(OSError):
                     worker.conn.send(None)
-                except OSError:
-                    pass
             worker.process.join(timeout=2)
             worker.kill()
 

@@ -13,7 +13,17 @@ import io
 import tokenize
 
 # The published pylint invocation: flags and disabled messages, verbatim in effect.
-DISABLED_MESSAGES = ("E0401", "C0114", "C0301", "C0103", "C0116", "C0411", "R0903", "W0511", "C0412")
+DISABLED_MESSAGES = (
+    "E0401",
+    "C0114",
+    "C0301",
+    "C0103",
+    "C0116",
+    "C0411",
+    "R0903",
+    "W0511",
+    "C0412",
+)
 PYLINT_ARGS = ("--persistent=n", "--disable=" + ",".join(DISABLED_MESSAGES))
 
 # Keep a sample when its penalised score is at least this (published: 7.0).
