@@ -199,7 +199,7 @@ def vllm_server(
         str(tiny_model),
         *("--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny"),
         *("--max-model-len", str(engine_probe.MAX_MODEL_LEN), "--dtype", "float32"),
-        *("--max-num-seqs", "8", "--enforce-eager"),
+        *("--max-num-seqs", "8", *env.CPU_SERVE_ARGS),
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -31,6 +31,7 @@ from palimpsest.engines import (
     make_engine,
 )
 from palimpsest.engines.vllm_engine import VllmEngine, fold_system_into_user
+from tests.vllm.env import CPU_ENGINE_ARGS
 
 MAX_MODEL_LEN = 256
 MAX_TOKENS = 16
@@ -97,7 +98,7 @@ async def probe(model_dir: Path, model: str, no_system_model: Path | None) -> di
         dtype="float32",
         sampling=SamplingSettings(max_tokens=MAX_TOKENS, seed=1234),
         max_in_flight=8,
-        engine_args={"max_num_seqs": 8, "enforce_eager": True},
+        engine_args={"max_num_seqs": 8, **CPU_ENGINE_ARGS},
     )
     engine = make_engine(settings)
     assert isinstance(engine, VllmEngine)

@@ -23,7 +23,7 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -105,6 +105,7 @@ class VllmEngine(Engine):
             raise EngineDeadError(f"vLLM failed to start on {self.settings.model}: {exc}") from exc
         self._max_model_len = int(self._llm.model_config.max_model_len)
         self._on_cpu = bool(self._vllm.current_platform.is_cpu())
+        self._warn_seeded_chunked_prefill_on_cpu()
         if self.prompt_budget < 1:
             await self.close()
             raise EngineSettingsError(
@@ -126,6 +127,18 @@ class VllmEngine(Engine):
             self._llm.shutdown()
             self._llm = None
             self._closed_at = time.monotonic()
+
+    def _warn_seeded_chunked_prefill_on_cpu(self) -> None:
+        # vLLM's CPU build (0.32) rewinds a seeded request's random generator when a chunked
+        # prefill discards its sampled token, which CPU generators cannot do: the engine dies.
+        scheduler = self._llm.vllm_config.scheduler_config
+        chunked = bool(getattr(scheduler, "enable_chunked_prefill", False))
+        if self._on_cpu and chunked and self.settings.sampling.seed is not None:
+            logger.warning(
+                "seeded sampling with chunked prefill can kill vLLM's CPU engine; pass "
+                "engine_args enable_chunked_prefill=False (and max_num_batched_tokens >= "
+                "max_model_len)"
+            )
 
     @property
     def prompt_budget(self) -> int:
@@ -197,8 +210,7 @@ class VllmEngine(Engine):
         final: Any = None
         internal_id = f"{request_id}#{next(self._ids)}"  # unique even if a caller reuses ids
         try:
-            prompt = api.TokensPrompt(prompt_token_ids=prompt_ids)
-            async for output in llm.generate(prompt, params, internal_id):
+            async for output in llm.generate(api.token_prompt(prompt_ids), params, internal_id):
                 final = output
         except api.EngineDeadError as exc:
             raise EngineDeadError(f"vLLM engine died: {exc}") from exc
@@ -311,7 +323,15 @@ class _VllmApi:
         self.version: str = vllm.__version__
         self.AsyncEngineArgs: Any = vllm.AsyncEngineArgs
         self.SamplingParams: Any = vllm.SamplingParams
-        self.TokensPrompt: Any = vllm.TokensPrompt
+        # Token ids go in as an already-rendered engine input where this vLLM has that type
+        # (no second pass through its renderer); older versions take a TokensPrompt.
+        try:
+            self.token_prompt: Callable[[list[int]], Any] = importlib.import_module(
+                "vllm.inputs.engine"
+            ).tokens_input
+        except (ImportError, AttributeError):
+            tokens_prompt = vllm.TokensPrompt
+            self.token_prompt = lambda ids: tokens_prompt(prompt_token_ids=ids)
         self.RequestOutputKind: Any = importlib.import_module(
             "vllm.sampling_params"
         ).RequestOutputKind
