@@ -26,7 +26,7 @@ from palimpsest.lint.linter import LintResult
 
 # Samples a worker lints before it retires (astroid caches the stdlib modules samples import;
 # a fresh worker starts from a clean cache).
-DEFAULT_MAX_TASKS_PER_WORKER = 2000
+DEFAULT_MAX_TASKS_PER_WORKER = 20_000
 # Resident memory (bytes) above which a worker retires after its current sample.
 DEFAULT_MAX_WORKER_RSS = 1536 * 1024 * 1024
 # Seconds a single sample may take before its worker is killed (the sample is rejected).
