@@ -92,15 +92,19 @@ def job_stages(
     prompts: Mapping[str, Prompt],
     text_field: str = "text",
     stage_extra: Mapping[str, Mapping[str, Any]] | None = None,
+    first_previous: str | None = None,
 ) -> tuple[StageRef, ...]:
     """The job's stages in order, each with its id.
 
     `prompts` maps a stage kind to its loaded prompt; `stage_extra` adds settings that decide
-    one stage's output (e.g. {"translate": {"language": "Japanese"}}).
+    one stage's output (e.g. {"translate": {"language": "Japanese"}}). `first_previous` is the
+    id of the stage whose outputs feed the first of `stages` when that stage ran earlier or
+    elsewhere (e.g. the filter, when a worker runs only the rewrite stages); None means the
+    first stage reads the plan's raw shards.
     """
     check_stages(recipe, stages)
     refs: list[StageRef] = []
-    previous: str | None = None
+    previous: str | None = first_previous
     for kind in stages:
         if kind == "filter":
             if filter_settings is None:

@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("palimpsest.commands.plan", "cut an input listing into a deterministic shard plan"),
     "filter": ("palimpsest.commands.filter", "syntax-check and pylint-score Python records"),
     "worker": ("palimpsest.commands.worker", "run one shard (or block of shards) of a stage"),
+    "rewrite": (
+        "palimpsest.commands.rewrite",
+        "rewrite records with an LLM (SGCR/SCOR, math, instruct)",
+    ),
     "analyze": (
         "palimpsest.commands.analyze",
         "correlations and ability factors of a benchmark table",

@@ -136,16 +136,22 @@ class ShardOutput:
     def write_reject(self, record: Record) -> None:
         self._writer(REJECTS_KIND).write(record)
 
-    def roll(self) -> None:
-        """Close the current parts so far (a chunk checkpoint); later records go to new parts."""
+    def roll(self) -> dict[str, list[Part]]:
+        """Close the current parts so far (a chunk checkpoint); later records go to new parts.
+
+        Returns the parts this call closed, by kind (a kind with nothing new is left out)."""
+        closed: dict[str, list[Part]] = {}
         for kind, writers in self._writers.items():
             if writers and writers[-1].count:
                 writer = writers[-1]
                 size = writer.close()
-                self._parts[kind].append(Part(writer.uri, writer.count, size))
+                part = Part(writer.uri, writer.count, size)
+                self._parts[kind].append(part)
+                closed[kind] = [part]
                 writers.append(
                     RecordWriter(self.store, self.part_uri(kind, len(self._parts[kind])))
                 )
+        return closed
 
     def _close_all(self) -> None:
         for kind, writers in self._writers.items():

@@ -1,0 +1,344 @@
+"""The rewrite stages end to end through the OpenAI-compatible engine and a scripted server.
+
+The scripted server answers like a model that follows the prompts (SGCR: score, suggestions,
+a python block; SCOR: a python block), except for the records a test scripts otherwise, so
+parsing, rejects, token accounting, commits and resume are checked on exact expectations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from palimpsest.cli import main
+from palimpsest.commit import REJECTS_KIND, read_committed, read_marker
+from palimpsest.plan import PlanSettings, make_plan
+from palimpsest.records import read_all_jsonl
+from palimpsest.rewrite.checkpoint import load_checkpoints, resume
+from palimpsest.storage import LocalStore, S3Settings, S3Store, store_for
+from tests.support.openai_server import Reply, ScriptedOpenAIServer
+from tests.support.s3server import S3Server
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SGCR_TOKENS = (30, 20)  # (prompt, completion) usage the server reports for an SGCR answer
+SCOR_TOKENS = (25, 15)
+
+
+def code(i: int) -> str:
+    return f"def value_{i}(scale: int) -> int:\n    return scale * {i} + {i * 7}\n"
+
+
+def sgcr_text(body: str, score: int = 6) -> str:
+    return (
+        f"Score: {score}\n\nSuggestions:\n- add a docstring\n\nImproved code:\n"
+        f"```python\n{body}# reviewed\n```\n"
+    )
+
+
+def scor_text(body: str) -> str:
+    return f"```python\n{body}# optimised\n```"
+
+
+def model_like(delay: float = 0.0) -> Any:
+    """A default reply that follows whichever prompt it is given."""
+
+    def reply(body: dict[str, Any]) -> Reply:
+        messages = body["messages"]
+        last = str(messages[-1]["content"])
+        if "reviewer" in str(messages[0]["content"]):
+            return Reply(
+                sgcr_text(last),
+                prompt_tokens=SGCR_TOKENS[0],
+                completion_tokens=SGCR_TOKENS[1],
+                delay=delay,
+            )
+        return Reply(
+            scor_text(last),
+            prompt_tokens=SCOR_TOKENS[0],
+            completion_tokens=SCOR_TOKENS[1],
+            delay=delay,
+        )
+
+    return reply
+
+
+@pytest.fixture()
+def server() -> Iterator[ScriptedOpenAIServer]:
+    scripted = ScriptedOpenAIServer()
+    scripted.default = model_like()
+    with scripted.run() as running:
+        yield running
+
+
+def write_input(path: Path, records: list[dict[str, Any]], bad_lines: int = 0) -> None:
+    lines = [json.dumps(r) for r in records] + ["{not json"] * bad_lines
+    path.write_text("\n".join(lines) + "\n")
+
+
+def engine_flags(server: ScriptedOpenAIServer, *extra: str) -> list[str]:
+    return ["--engine", "openai", "--model", "scripted", "--base-url", server.base_url, *extra]
+
+
+def test_swallowcode_rejects_and_token_totals(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
+    records = [{"id": f"r{i}", "text": code(i), "origin": "stack"} for i in range(8)]
+    records.append({"id": "no-text", "body": "x"})
+    write_input(tmp_path / "in.jsonl", records, bad_lines=1)
+    server.script(code(1), Reply.context_too_long())
+    server.script(
+        code(2),
+        Reply(sgcr_text(code(2)), finish_reason="length", prompt_tokens=30, completion_tokens=64),
+    )
+    server.script(
+        code(3),
+        Reply("Score: 3\nSuggestions: rewrite it all.", prompt_tokens=30, completion_tokens=9),
+    )
+    server.script(
+        code(4),
+        Reply(
+            sgcr_text("def broken(:\n    return 'long enough to count'\n"),
+            prompt_tokens=30,
+            completion_tokens=20,
+        ),
+    )
+    server.script(
+        code(5) + "# reviewed\n",
+        Reply("```python\nx = 1\n```", prompt_tokens=25, completion_tokens=5),
+    )
+    out, rej, stats_path = tmp_path / "out.jsonl", tmp_path / "rej.jsonl", tmp_path / "s.json"
+    argv = [
+        "rewrite",
+        str(tmp_path / "in.jsonl"),
+        str(out),
+        "--recipe",
+        "swallowcode",
+        "--rejects",
+        str(rej),
+        "--stats",
+        str(stats_path),
+        *engine_flags(server),
+    ]
+    assert main(argv) == 0
+
+    kept = read_all_jsonl(out.read_bytes())
+    rejects = read_all_jsonl(rej.read_bytes())
+    assert sorted(r["id"] for r in kept) == ["r0", "r6", "r7"]
+    first = next(r for r in kept if r["id"] == "r0")
+    assert first["text"] == code(0) + "# reviewed\n# optimised\n"
+    assert first["origin"] == "stack"
+    assert first["rewrite"]["sgcr"]["score"] == 6
+    assert first["rewrite"]["sgcr"]["prompt_tokens"] == SGCR_TOKENS[0]
+    assert first["rewrite"]["scor"]["generated_tokens"] == SCOR_TOKENS[1]
+    reasons = {str(r.get("id")): (r["reject_stage"], r["reject_reason"]) for r in rejects}
+    assert reasons["r1"] == ("sgcr", "prompt_too_long")
+    assert reasons["r2"] == ("sgcr", "truncated")
+    assert reasons["r3"] == ("sgcr", "no_code_block")
+    assert reasons["r4"] == ("sgcr", "rewrite_syntax_error")
+    assert reasons["r5"] == ("scor", "too_short")
+    assert reasons["no-text"] == ("sgcr", "missing_text")
+    assert sum(1 for r in rejects if r["reject_reason"] == "invalid_json") == 1
+    assert len(kept) + len(rejects) == len(records) + 1  # every item exactly once
+
+    stats = json.loads(stats_path.read_text())
+    sgcr, scor = stats["stages"]["sgcr"], stats["stages"]["scor"]
+    # Engine-reported usage: 6 SGCR answers served normally (r0, r4..r7 default-like, r3)
+    # plus the truncated one; the prompt_too_long request was not served.
+    assert sgcr["tokens"] == {"prompt": 7 * 30, "generated": 5 * 20 + 64 + 9}
+    assert sgcr["requests"] == 8
+    assert scor["tokens"] == {"prompt": 4 * 25, "generated": 3 * 15 + 5}
+    assert scor["records"] == {"in": 4, "kept": 3, "rejected": 1}
+    assert server.served() == 8 + 4
+    assert stats["total"]["tokens"]["prompt"] == sgcr["tokens"]["prompt"] + scor["tokens"]["prompt"]
+
+
+def plan_to(tmp_path: Path, records: int, per_shard: int) -> str:
+    (tmp_path / "in").mkdir()
+    write_input(
+        tmp_path / "in" / "data.jsonl",
+        [{"id": f"r{i:03d}", "text": code(i)} for i in range(records)],
+    )
+    store = LocalStore()
+    plan = make_plan(store, str(tmp_path / "in"), PlanSettings(records_per_shard=per_shard))
+    plan_uri = str(tmp_path / "plan.json")
+    store.put_bytes(plan_uri, plan.to_json())
+    return plan_uri
+
+
+def worker_argv(plan: str, output: str, server: ScriptedOpenAIServer, *extra: str) -> list[str]:
+    return [
+        "worker",
+        "rewrite",
+        "--plan",
+        plan,
+        "--output",
+        output,
+        "--recipe",
+        "swallowcode",
+        "--stages",
+        "sgcr,scor",
+        *engine_flags(server),
+        *extra,
+    ]
+
+
+def stage_uris(output: str) -> dict[str, str]:
+    found = {}
+    for path in Path(output).iterdir():
+        found[path.name.split("-")[0]] = str(path)
+    return found
+
+
+def test_kill_and_resume(tmp_path: Path) -> None:
+    total = 24
+    plan = plan_to(tmp_path, total, per_shard=12)
+    output = str(tmp_path / "out")
+    scripted = ScriptedOpenAIServer()
+    scripted.default = model_like(delay=0.15)
+    with scripted.run() as server:
+        argv = worker_argv(
+            plan,
+            output,
+            server,
+            "--index",
+            "0",
+            "--shards-per-index",
+            "2",
+            "--max-in-flight",
+            "2",
+            "--checkpoint-records",
+            "2",
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "palimpsest.cli", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            cps = list(Path(output).glob("scor-*/_checkpoints/shard-000000/*.json"))
+            if len(cps) >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        first_run = server.served()
+        store = LocalStore()
+        uris = stage_uris(output)
+        saved = {
+            kind: sum(len(resume(load_checkpoints(store, uris[kind], s)).done) for s in (0, 1))
+            for kind in ("sgcr", "scor")
+        }
+        assert 0 < saved["scor"] <= saved["sgcr"] < total
+        assert first_run < 2 * total
+
+        result = subprocess.run(
+            [sys.executable, "-m", "palimpsest.cli", *argv],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        second_run = server.served() - first_run
+        # Only what no checkpoint held was generated again: every record needs one SGCR and
+        # one SCOR request (the model-like server keeps all of them).
+        assert second_run == (total - saved["sgcr"]) + (total - saved["scor"])
+
+        ids: list[str] = []
+        for kind in ("sgcr", "scor"):
+            ids = []
+            for shard in (0, 1):
+                marker = read_marker(store, uris[kind], shard)
+                assert marker is not None
+                ids += [str(r.record["id"]) for r in read_committed(store, marker) if r.record]
+                ids += [
+                    str(r.record["id"])
+                    for r in read_committed(store, marker, REJECTS_KIND)
+                    if r.record
+                ]
+            assert sorted(ids) == [f"r{i:03d}" for i in range(total)], kind
+
+        again = subprocess.run(
+            [sys.executable, "-m", "palimpsest.cli", *argv],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+        assert again.returncode == 0
+        assert server.served() - first_run == second_run  # committed shards: no requests
+    print(
+        f"resume: first run {first_run} requests, checkpointed {saved}, "
+        f"second run {second_run} requests",
+        file=sys.stderr,
+    )
+
+
+def test_worker_block_on_s3(
+    s3_server: S3Server, s3_bucket: str, tmp_path: Path, server: ScriptedOpenAIServer
+) -> None:
+    store = S3Store(S3Settings(endpoint_url=s3_server.endpoint))
+    lines = "\n".join(json.dumps({"id": f"m{i}", "text": code(i)}) for i in range(9)) + "\n"
+    store.put_bytes(f"s3://{s3_bucket}/in/a.jsonl", lines.encode())
+    plan = make_plan(store, f"s3://{s3_bucket}/in/", PlanSettings(records_per_shard=3))
+    assert len(plan.shards) >= 2
+    plan_uri = f"s3://{s3_bucket}/plan.json"
+    store.put_bytes(plan_uri, plan.to_json())
+    output = f"s3://{s3_bucket}/out"
+    env = {**os.environ, "JOB_COMPLETION_INDEX": "0"}
+    argv = worker_argv(
+        plan_uri,
+        output,
+        server,
+        "--shards-per-index",
+        str(len(plan.shards)),
+        "--s3-endpoint",
+        s3_server.endpoint,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "palimpsest.cli", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from palimpsest.engines import EngineSettings
+    from palimpsest.rewrite.job import RewriteSpec, stage_plans
+
+    spec = RewriteSpec(
+        "swallowcode",
+        ("sgcr", "scor"),
+        EngineSettings(type="openai", model="scripted", base_url=server.base_url),
+    )
+    refs = [p.ref for p in stage_plans(spec, plan.plan_id)]
+    s3 = store_for(output, S3Settings(endpoint_url=s3_server.endpoint))
+    total_tokens = 0
+    for ref in refs:
+        for shard in range(len(plan.shards)):
+            marker = read_marker(s3, ref.uri(output), shard)
+            assert marker is not None, (ref.kind, shard)
+            total_tokens += marker.stats.prompt_tokens + marker.stats.generated_tokens
+    assert total_tokens == 9 * (sum(SGCR_TOKENS) + sum(SCOR_TOKENS))
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "palimpsest.cli", *argv, "--index", "99"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
+    assert bad.returncode == 3
