@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := filter,analyze,rewrite,dev
+EXTRAS := filter,analyze,rewrite,operator,dev
 
 .PHONY: setup quickstart test test-unit test-integration lint bench-filter cluster-build cluster-up cluster-down clean vllm-env
 
@@ -22,8 +22,8 @@ quickstart: setup
 		--rejects out/quickstart/rejects.jsonl --stats out/quickstart/stats.json
 
 lint: setup
-	$(VENV)/bin/ruff check pipeline tests benchmarks
-	$(VENV)/bin/ruff format --check pipeline tests benchmarks
+	$(VENV)/bin/ruff check pipeline operator tests benchmarks
+	$(VENV)/bin/ruff format --check pipeline operator tests benchmarks
 	$(VENV)/bin/mypy
 
 test-unit: setup

@@ -1,0 +1,83 @@
+"""Names the operator shares with the cluster: the resource, labels, annotations, reasons.
+
+Kept in one module so that builders, handlers, tests and the RBAC docs agree on every key.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "palimpsest.dev"
+VERSION: Final = "v1alpha1"
+PLURAL: Final = "rewritejobs"
+KIND: Final = "RewriteJob"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+# Labels on the Jobs (and through their templates, the pods) the operator creates.
+LABEL_JOB: Final = f"{GROUP}/rewritejob"  # the owning RewriteJob's name
+LABEL_STAGE: Final = f"{GROUP}/stage"  # the stage kind: filter, or the last rewrite stage
+LABEL_STAGE_ID: Final = f"{GROUP}/stage-id"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+MANAGED_BY: Final = "palimpsest-operator"
+LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
+
+# Annotations a user sets on a RewriteJob; a new value triggers the action once.
+ANNOTATION_RERUN: Final = f"{GROUP}/rerun"  # delete the stages' markers and run everything again
+ANNOTATION_RETRY_FAILED: Final = f"{GROUP}/retry-failed"  # re-run only uncommitted shards
+
+# Phases (status.phase).
+PENDING: Final = "Pending"
+PLANNING: Final = "Planning"
+FILTERING: Final = "Filtering"
+REWRITING: Final = "Rewriting"
+SUCCEEDED: Final = "Succeeded"
+FAILED: Final = "Failed"
+SUSPENDED: Final = "Suspended"
+PHASES: Final = (PENDING, PLANNING, FILTERING, REWRITING, SUCCEEDED, FAILED, SUSPENDED)
+
+# Condition types (status.conditions).
+COND_READY: Final = "Ready"  # True once every stage committed every shard
+COND_PLANNED: Final = "Planned"
+COND_PROGRESSING: Final = "Progressing"
+COND_FAILED: Final = "Failed"
+COND_SUSPENDED: Final = "Suspended"
+
+# Condition and Event reasons.
+REASON_INVALID_SPEC: Final = "InvalidSpec"
+REASON_PLANNED: Final = "Planned"
+REASON_PLAN_FAILED: Final = "PlanFailed"
+REASON_STORAGE_ERROR: Final = "StorageError"
+REASON_JOB_CREATED: Final = "JobCreated"
+REASON_STAGE_RUNNING: Final = "StageRunning"
+REASON_STAGE_SUCCEEDED: Final = "StageSucceeded"
+REASON_STAGE_REUSED: Final = "StageReused"
+REASON_SHARDS_FAILED: Final = "ShardsFailed"
+REASON_SUCCEEDED: Final = "Succeeded"
+REASON_DRY_RUN: Final = "DryRun"
+REASON_SUSPENDED: Final = "Suspended"
+REASON_RESUMED: Final = "Resumed"
+REASON_STALE_JOB_DELETED: Final = "StaleJobDeleted"
+REASON_RETRYING: Final = "RetryingFailedShards"
+REASON_RERUN: Final = "Rerun"
+
+# Stage states (status.stages[].state).
+STAGE_WAITING: Final = "Waiting"
+STAGE_RUNNING: Final = "Running"
+STAGE_SUCCEEDED: Final = "Succeeded"
+STAGE_FAILED: Final = "Failed"
+
+# Where worker pods find mounted things.
+PROMPTS_MOUNT: Final = "/etc/palimpsest/prompts"
+MODELS_MOUNT: Final = "/models"
+SHM_MOUNT: Final = "/dev/shm"
+
+# The exit code a worker uses for a permanent configuration error: its index fails at once.
+EXIT_PERMANENT: Final = 3
+
+# Secret keys of the storage Secret, passed to workers as env of the same names.
+S3_SECRET_KEYS: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+S3_OPTIONAL_SECRET_KEYS: Final = ("AWS_SESSION_TOKEN",)
+
+# Where the operator keeps plans and manifests under the job's output URI.
+PLANS_DIR: Final = "_plans"
+MANIFESTS_DIR: Final = "_manifests"

@@ -1,0 +1,96 @@
+"""The `Cluster` calls of a tick, made with the official Kubernetes client.
+
+Only what the operator's RBAC grants is used here: get Secrets and ConfigMaps, list, create,
+patch and delete Jobs in the RewriteJob's namespace (manifests/README.md lists the rules).
+Creating a Job that already exists (409) counts as success: names are deterministic, so it
+is the same Job.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from palimpsest_operator import constants as c
+from palimpsest_operator.reconcile import JobView
+
+
+def load_config() -> None:
+    """In-cluster credentials in a pod; otherwise the kubeconfig ($KUBECONFIG)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+class KubeCluster:
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        data = secret.data or {}
+        return {k: base64.b64decode(v).decode("utf-8") for k, v in data.items()}
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            config_map = self.core.read_namespaced_config_map(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return dict(config_map.data or {})
+
+    def list_jobs(self, namespace: str, owner: str) -> list[JobView]:
+        from palimpsest_operator.jobs import job_labels_selector
+
+        jobs = self.batch.list_namespaced_job(namespace, label_selector=job_labels_selector(owner))
+        return [_view(job) for job in jobs.items]
+
+    def create_job(self, manifest: dict[str, Any]) -> bool:
+        try:
+            self.batch.create_namespaced_job(manifest["metadata"]["namespace"], manifest)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
+        self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspended}})
+
+
+def _view(job: Any) -> JobView:
+    status = job.status
+    finished = None
+    for condition in status.conditions or []:
+        if condition.type in ("Complete", "Failed") and condition.status == "True":
+            finished = condition.type
+    annotations = job.metadata.annotations or {}
+    labels = job.metadata.labels or {}
+    return JobView(
+        name=job.metadata.name,
+        stage_id=labels.get(c.LABEL_STAGE_ID, ""),
+        suspended=bool(job.spec.suspend),
+        active=int(status.active or 0),
+        completed_indexes=status.completed_indexes,
+        failed_indexes=status.failed_indexes,
+        finished=finished,
+        shards_per_index=int(annotations.get(f"{c.GROUP}/shards-per-index", "1")),
+    )
