@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import re
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,12 +22,12 @@ from typing import Any
 
 from palimpsest.filtering import CodeFilter, FilterSettings, syntax_problem
 from palimpsest.lint.pool import LintPool, default_workers
-from palimpsest.lint.scoring import DEFAULT_MIN_SCORE, PYLINT_ARGS, comment_ratio, penalised
+from palimpsest.lint.reference import published_score
+from palimpsest.lint.scoring import DEFAULT_MIN_SCORE
 from palimpsest.records import RawRecord
 from palimpsest.stats import Stats
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "python-sample.jsonl.gz"
-RATED = re.compile(r"rated at (-?[\d.]+)/10")
 PUBLISHED_THREADS = 4
 
 EDGE_CASES = [
@@ -51,27 +48,6 @@ def load_samples(limit: int | None) -> list[str]:
         texts = [json.loads(line)["text"] for line in handle]
     texts.extend(EDGE_CASES)
     return texts[:limit] if limit else texts
-
-
-def published_score(code: str, workdir: Path) -> float | None:
-    """One sample the published way: a temp file, a pylint subprocess, the printed rating."""
-    with tempfile.NamedTemporaryFile("w", suffix=".py", dir=workdir, delete=False) as handle:
-        handle.write(code)
-        path = Path(handle.name)
-    try:
-        out = subprocess.run(
-            [sys.executable, "-m", "pylint", *PYLINT_ARGS, str(path)],
-            capture_output=True,
-            text=True,
-            cwd=workdir,
-            check=False,
-        ).stdout
-    finally:
-        path.unlink()
-    match = RATED.search(out)
-    if match is None:
-        return None
-    return penalised(float(match.group(1)), comment_ratio(code))
 
 
 def run_published(samples: list[str]) -> tuple[list[float | None], float]:
