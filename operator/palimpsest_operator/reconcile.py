@@ -233,7 +233,13 @@ class Tick:
             for ref, tally in zip(group, tallies, strict=True):
                 views.append(
                     self.view(
-                        ref, job, name, jv, tally, state, previous_stages.get(ref.stage_id, {})
+                        ref,
+                        job,
+                        name,
+                        jv,
+                        tally,
+                        c.STAGE_SUCCEEDED if tally.complete else state,
+                        previous_stages.get(ref.stage_id, {}),
                     )
                 )
         self.status["checkpoint"] = {v.stage_id: v.tally.encode() for v in views}

@@ -1,0 +1,86 @@
+"""The CRD's shape, and that it declares everything the operator writes (or pruning drops it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from palimpsest.chain import RECIPES
+from palimpsest_operator import constants as c
+from tests.unit.test_operator_reconcile import Harness
+
+CRD_PATH = (
+    Path(__file__).resolve().parents[2] / "manifests" / "crd" / "rewritejobs.palimpsest.dev.yaml"
+)
+
+
+def crd() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(CRD_PATH.read_text())
+    return data
+
+
+def schema() -> dict[str, Any]:
+    version = crd()["spec"]["versions"][0]
+    result: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return result
+
+
+def rules(node: dict[str, Any]) -> list[str]:
+    return [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+
+
+def test_names_version_and_subresources() -> None:
+    body = crd()
+    assert body["metadata"]["name"] == f"{c.PLURAL}.{c.GROUP}"
+    names = body["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == (c.KIND, c.PLURAL, ["rwj"])
+    (version,) = body["spec"]["versions"]
+    assert version["name"] == c.VERSION and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+    columns = [col["name"] for col in version["additionalPrinterColumns"]]
+    assert columns == ["Phase", "Progress", "Kept", "Generated", "Age"]
+
+
+def test_enums_follow_the_code() -> None:
+    spec = schema()["properties"]["spec"]["properties"]
+    assert spec["recipe"]["enum"] == list(RECIPES)
+    assert set(spec["stages"]["items"]["enum"]) == {
+        s for stages in RECIPES.values() for s in stages
+    }
+    assert schema()["properties"]["status"]["properties"]["phase"]["enum"] == list(c.PHASES)
+
+
+def test_immutable_fields_and_cross_field_rules() -> None:
+    spec = schema()["properties"]["spec"]
+    for field in ("input", "output", "storage"):
+        assert "self == oldSelf" in rules(spec["properties"][field]), field
+    assert "self.output.uri != self.input.uri" in rules(spec)
+
+
+def test_every_schema_node_is_described_or_obvious() -> None:
+    spec = schema()["properties"]["spec"]
+
+    def walk(node: dict[str, Any], path: str) -> list[str]:
+        missing = []
+        for name, child in (node.get("properties") or {}).items():
+            if child.get("type") == "object" and "description" not in child:
+                missing.append(f"{path}.{name}")
+            missing += walk(child, f"{path}.{name}")
+        return missing
+
+    assert walk(spec, "spec") == []
+
+
+def test_status_declares_everything_the_operator_writes(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    harness.tick()
+    status = schema()["properties"]["status"]
+    declared = set(status["properties"])
+    assert set(harness.status) <= declared
+    for key in ("kopf", "checkpoint", "baseline"):
+        assert status["properties"][key]["x-kubernetes-preserve-unknown-fields"] is True
+    stage_fields = set(status["properties"]["stages"]["items"]["properties"])
+    for stage in harness.status["stages"]:
+        assert set(stage) <= stage_fields

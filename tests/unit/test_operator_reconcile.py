@@ -1,0 +1,331 @@
+"""The reconcile pass against a fake cluster and a local folder standing in for S3.
+
+Covers the level-triggered flow (plan -> Job -> markers -> Succeeded), restart safety of
+the counting checkpoint, spec edits that change stage ids, failure and retry, suspend,
+dry runs and invalid specs, without a cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from palimpsest.commit import ShardOutput
+from palimpsest.jobspec import JobSpec
+from palimpsest.stats import Stats
+from palimpsest.storage import LocalStore
+from palimpsest_operator import constants as c
+from palimpsest_operator.reconcile import JobView, Resource, TickResult, reconcile
+from palimpsest_operator.status import merge_patch
+from palimpsest_operator.storage import JobStorage
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+class FakeCluster:
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobView] = {}
+        self.manifests: dict[str, dict[str, Any]] = {}
+        self.deleted: list[str] = []
+        self.secrets: dict[str, dict[str, str]] = {}
+        self.config_maps: dict[str, dict[str, str]] = {}
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.secrets.get(name)
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.config_maps.get(name)
+
+    def list_jobs(self, namespace: str, owner: str) -> list[JobView]:
+        return list(self.jobs.values())
+
+    def create_job(self, manifest: dict[str, Any]) -> bool:
+        name = manifest["metadata"]["name"]
+        if name in self.jobs:
+            return False
+        self.manifests[name] = manifest
+        self.jobs[name] = JobView(
+            name,
+            manifest["metadata"]["labels"][c.LABEL_STAGE_ID],
+            suspended=manifest["spec"]["suspend"],
+        )
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        self.deleted.append(name)
+        self.jobs.pop(name, None)
+
+    def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
+        self.jobs[name] = replace(self.jobs[name], suspended=suspended)
+
+    def progress(
+        self, name: str, completed: str, finished: str | None = None, failed: str | None = None
+    ) -> None:
+        self.jobs[name] = replace(
+            self.jobs[name], completed_indexes=completed, finished=finished, failed_indexes=failed
+        )
+
+
+def local_storage(job: JobSpec, credentials: Mapping[str, str] | None) -> JobStorage:
+    return JobStorage(LocalStore())
+
+
+class Harness:
+    """A RewriteJob whose status is patched the way the handler patches it."""
+
+    def __init__(self, tmp: Path, **spec: Any) -> None:
+        (tmp / "in").mkdir()
+        lines = [json.dumps({"id": f"r{i}", "text": f"x = {i}\n"}) for i in range(6)]
+        (tmp / "in" / "part-0.jsonl").write_text("\n".join(lines) + "\n")
+        self.output = str(tmp / "out")
+        self.cluster = FakeCluster()
+        self.manifest: dict[str, Any] = {
+            "metadata": {"name": "demo", "namespace": "team", "uid": "u1", "generation": 1},
+            "spec": {
+                "recipe": "swallowcode",
+                "stages": ["filter"],
+                "input": {"uri": str(tmp / "in")},
+                "output": {"uri": self.output},
+                "sharding": {"recordsPerShard": 2},
+                **spec,
+            },
+        }
+        self.status: dict[str, Any] = {}
+
+    def tick(self) -> TickResult:
+        result = reconcile(
+            Resource(copy.deepcopy(self.manifest), copy.deepcopy(self.status)),
+            self.cluster,
+            local_storage,
+            now=NOW,
+        )
+        patch = merge_patch(self.status, result.status)
+        self.status = apply_merge_patch(self.status, patch)
+        assert self.status == json.loads(json.dumps(result.status))
+        return result
+
+    def stage_uri(self, kind: str = "filter") -> str:
+        return str(self.status["outputs"][kind])
+
+    def commit(self, shard: int, kind: str = "filter", kept: int = 1) -> None:
+        uri = self.stage_uri(kind)
+        out = ShardOutput(LocalStore(), uri, uri.rsplit("/", 1)[-1], shard)
+        stats = Stats()
+        for i in range(kept):
+            out.write({"id": f"{shard}-{i}", "text": "x"})
+            stats.keep()
+        stats.reject("syntax_error")
+        assert out.commit(stats)
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = apply_merge_patch(out.get(key), value)
+    return out
+
+
+def reasons(result: TickResult) -> list[str]:
+    return [e.reason for e in result.events]
+
+
+def test_filter_job_runs_to_succeeded(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    first = h.tick()
+    assert h.status["phase"] == c.FILTERING
+    assert {c.REASON_PLANNED, c.REASON_JOB_CREATED} <= set(reasons(first))
+    total = h.status["plan"]["shards"]
+    assert total == 3 and Path(h.status["plan"]["uri"]).exists()
+    (name,) = h.cluster.jobs
+    assert h.cluster.manifests[name]["spec"]["completions"] == total
+
+    assert not h.tick().events  # nothing new: no events, no duplicate Job
+    assert len(h.cluster.manifests) == 1
+
+    h.commit(0)
+    h.commit(1)
+    h.cluster.progress(name, "0-1")
+    h.tick()
+    assert h.status["shards"]["succeeded"] == 2 and h.status["phase"] == c.FILTERING
+    assert h.status["progress"] == "66%"
+
+    h.commit(2)
+    h.cluster.progress(name, "0-2", finished="Complete")
+    done = h.tick()
+    assert h.status["phase"] == c.SUCCEEDED
+    assert c.REASON_STAGE_SUCCEEDED in reasons(done)
+    assert h.status["records"] == {"in": 6, "kept": 3, "rejected": 3}
+    assert h.status["stages"][0]["topRejects"] == {"syntax_error": 3}
+    ready = {k["type"]: k["status"] for k in h.status["conditions"]}
+    assert ready[c.COND_READY] == "True" and ready[c.COND_PROGRESSING] == "False"
+    manifest = json.loads(Path(h.status["manifestUri"]).read_text())
+    assert manifest["records"] == 3 and len(manifest["parts"]) == 3
+
+    again = h.tick()  # re-applying / re-ticking an unchanged job does nothing
+    assert not again.events and h.status["records"]["kept"] == 3
+
+
+def test_restart_rebuilds_counts_from_markers_without_double_counting(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.tick()
+    (name,) = h.cluster.jobs
+    for shard in range(3):
+        h.commit(shard)
+    h.cluster.progress(name, "0-1")
+    h.tick()
+    counted = h.status["records"]["in"]
+    # the same markers seen again (a crash before the status write) are not counted again
+    h.cluster.progress(name, "0-2", finished="Complete")
+    h.tick()
+    assert h.status["records"]["in"] == 6 and counted == 6  # the listing found shard 2 already
+    # status lost entirely (resource re-created): the counts come back from S3 alone
+    h.status = {}
+    h.cluster.jobs.clear()
+    h.tick()
+    assert h.status["phase"] == c.SUCCEEDED and h.status["records"]["in"] == 6
+    assert not h.cluster.jobs  # a stage complete on S3 launches nothing
+
+
+def test_spec_edit_reruns_the_changed_stage_and_deletes_the_stale_job(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.tick()
+    (old,) = h.cluster.jobs
+    old_id = h.status["stageIds"]["filter"]
+    h.manifest["spec"]["filter"] = {"minScore": 8}
+    h.manifest["metadata"]["generation"] = 2
+    result = h.tick()
+    assert h.status["stageIds"]["filter"] != old_id
+    assert h.cluster.deleted == [old]
+    assert c.REASON_STALE_JOB_DELETED in reasons(result)
+    assert list(h.cluster.jobs) != [old] and len(h.cluster.jobs) == 1
+    assert h.status["observedGeneration"] == 2
+    assert old_id not in h.status["checkpoint"]
+
+
+def test_failed_shards_then_retry_failed(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.tick()
+    (name,) = h.cluster.jobs
+    h.commit(0)
+    h.commit(2)
+    h.cluster.progress(name, "0,2", finished="Failed", failed="1")
+    h.tick()
+    assert h.status["phase"] == c.FAILED
+    assert h.status["shards"] == {"total": 3, "succeeded": 2, "failed": 1, "running": 0}
+    assert "retry-failed" in h.status["message"]
+
+    h.manifest["metadata"]["annotations"] = {c.ANNOTATION_RETRY_FAILED: "1"}
+    result = h.tick()
+    assert c.REASON_RETRYING in reasons(result)
+    assert name in h.cluster.deleted
+    (retry,) = h.cluster.jobs
+    assert retry.endswith("-r1") and h.status["phase"] == c.FILTERING
+    h.tick()  # the same annotation value acts only once
+    assert list(h.cluster.jobs) == [retry]
+
+
+def test_suspend_and_resume(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.tick()
+    (name,) = h.cluster.jobs
+    h.manifest["spec"]["suspend"] = True
+    h.tick()
+    assert h.status["phase"] == c.SUSPENDED and h.cluster.jobs[name].suspended
+    h.manifest["spec"]["suspend"] = False
+    h.tick()
+    assert h.status["phase"] == c.FILTERING and not h.cluster.jobs[name].suspended
+
+
+def test_dry_run_plans_and_launches_nothing(tmp_path: Path) -> None:
+    h = Harness(tmp_path, dryRun=True)
+    result = h.tick()
+    assert h.status["phase"] == c.SUCCEEDED and not h.cluster.jobs
+    assert h.status["dryRun"]["shards"] == 3 and h.status["dryRun"]["estRecords"] == 6
+    assert c.REASON_DRY_RUN in reasons(result)
+
+
+@pytest.mark.parametrize(
+    ("spec", "text"),
+    [
+        ({"filter": {"minScore": 12}}, "spec.filter.minScore"),
+        ({"storage": {"secretRef": {"name": "absent"}}}, "waiting for Secret absent"),
+    ],
+)
+def test_bad_spec_or_missing_secret_is_reported(
+    tmp_path: Path, spec: dict[str, Any], text: str
+) -> None:
+    h = Harness(tmp_path, **spec)
+    h.tick()
+    assert text in h.status["message"] and not h.cluster.jobs
+
+
+def test_rewrite_follows_the_filter_and_prompt_edits_rerun_only_scor(tmp_path: Path) -> None:
+    from palimpsest.prompts import BUILTIN_PROMPTS_DIR
+
+    prompts = {
+        name: (BUILTIN_PROMPTS_DIR / name).read_text()
+        for name in ("code-sgcr.yaml", "code-scor.yaml")
+    }
+    h = Harness(
+        tmp_path,
+        stages=["filter", "sgcr", "scor"],
+        rewrite={
+            "engine": {"type": "openai", "model": "m", "baseURL": "http://llm/v1"},
+            "prompts": {"configMapName": "prompts"},
+            "shardsPerPod": 2,
+        },
+    )
+    h.cluster.config_maps["prompts"] = dict(prompts)
+    h.tick()
+    (filter_job,) = h.cluster.jobs
+    for shard in range(3):
+        h.commit(shard)
+    h.cluster.progress(filter_job, "0-2", finished="Complete")
+    h.tick()
+    assert h.status["phase"] == c.REWRITING
+    rewrite_job = next(n for n in h.cluster.jobs if n != filter_job)
+    assert h.cluster.manifests[rewrite_job]["spec"]["completions"] == 2
+    h.cluster.jobs[rewrite_job] = replace(h.cluster.jobs[rewrite_job], shards_per_index=2)
+    for shard in range(3):
+        h.commit(shard, "sgcr")
+        h.commit(shard, "scor")
+    h.cluster.progress(rewrite_job, "0-1", finished="Complete")
+    h.tick()
+    assert h.status["phase"] == c.SUCCEEDED
+    ids = dict(h.status["stageIds"])
+
+    h.cluster.config_maps["prompts"]["code-scor.yaml"] += "\n# tightened\n"
+    h.tick()
+    assert h.status["stageIds"]["filter"] == ids["filter"]
+    assert h.status["stageIds"]["sgcr"] == ids["sgcr"]
+    assert h.status["stageIds"]["scor"] != ids["scor"]
+    assert h.status["phase"] == c.REWRITING
+    states = {s["kind"]: s["state"] for s in h.status["stages"]}
+    assert states == {"filter": "Succeeded", "sgcr": "Succeeded", "scor": "Running"}
+    assert rewrite_job in h.cluster.deleted
+
+
+def test_missing_prompt_in_config_map_is_a_spec_error(tmp_path: Path) -> None:
+    h = Harness(
+        tmp_path,
+        stages=["filter", "sgcr"],
+        rewrite={
+            "engine": {"type": "openai", "model": "m", "baseURL": "http://llm/v1"},
+            "prompts": {"configMapName": "prompts"},
+        },
+    )
+    h.cluster.config_maps["prompts"] = {}
+    h.tick()
+    assert h.status["phase"] == c.FAILED and "code-sgcr.yaml" in h.status["message"]
