@@ -1,0 +1,138 @@
+"""The rewrite worker on the real vLLM CPU engine and the tiny random model.
+
+The worker runs in the vLLM env's Python (the project's .venv has no vLLM), over a block of two
+shards, with one record over the prompt budget. The model's text is noise, so this checks what
+does not depend on content: every record ends in exactly one place, the over-long prompt is a
+counted reject, and the token totals in the markers equal the sum of the engine's own counts
+carried by each record.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from palimpsest.commit import REJECTS_KIND, read_committed, read_marker
+from palimpsest.plan import PlanSettings, make_plan
+from palimpsest.storage import LocalStore
+from tests.vllm import env
+
+pytestmark = pytest.mark.integration
+
+WORDS = [
+    "the",
+    "value",
+    "of",
+    "x",
+    "is",
+    "found",
+    "by",
+    "one",
+    "step",
+    "and",
+    "the",
+    "answer",
+    "follows",
+    "from",
+    "it",
+]
+RECORDS = 10
+LONG = " ".join(f"word{i} value{i * 7}" for i in range(800))
+
+
+def write_plan(tmp_path: Path) -> str:
+    (tmp_path / "in").mkdir()
+    lines = []
+    for i in range(RECORDS):
+        text = f"Problem {i}: " + " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(30))
+        lines.append(json.dumps({"id": f"m{i}", "text": text}))
+    lines.append(json.dumps({"id": "too-long", "text": LONG}))
+    (tmp_path / "in" / "math.jsonl").write_text("\n".join(lines) + "\n")
+    store = LocalStore()
+    plan = make_plan(store, str(tmp_path / "in"), PlanSettings(records_per_shard=6))
+    assert len(plan.shards) == 2
+    plan_uri = str(tmp_path / "plan.json")
+    store.put_bytes(plan_uri, plan.to_json())
+    return plan_uri
+
+
+def test_worker_on_vllm(vllm_python: Path, tiny_model: Path, tmp_path: Path) -> None:
+    plan = write_plan(tmp_path)
+    output = str(tmp_path / "out")
+    argv = [
+        str(vllm_python),
+        "-m",
+        "palimpsest.cli",
+        "worker",
+        "rewrite",
+        "--plan",
+        plan,
+        "--output",
+        output,
+        "--recipe",
+        "swallowmath",
+        "--index",
+        "0",
+        "--shards-per-index",
+        "2",
+        "--engine",
+        "vllm",
+        "--model",
+        str(tiny_model),
+        "--max-model-len",
+        "2048",
+        "--max-tokens",
+        "24",
+        "--dtype",
+        "float32",
+        "--engine-arg",
+        "enforce_eager=true",
+        "--engine-arg",
+        "max_num_seqs=8",
+    ]
+    started = time.monotonic()
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=600, env=env.subprocess_env(), cwd=env.REPO
+    )
+    seconds = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-5000:]
+
+    store = LocalStore()
+    (stage_dir,) = Path(output).iterdir()
+    ids, prompt, generated, requests = [], 0, 0, 0
+    for shard in (0, 1):
+        marker = read_marker(store, str(stage_dir), shard)
+        assert marker is not None
+        assert marker.stats.requests == marker.stats.records_in  # one request per record
+        for kind in ("output", REJECTS_KIND):
+            for raw in read_committed(store, marker, kind):
+                assert raw.record is not None
+                ids.append(raw.record["id"])
+                meta = raw.record["rewrite"]["math"]
+                prompt += meta.get("prompt_tokens", 0)
+                generated += meta.get("generated_tokens", 0)
+                if raw.record["id"] == "too-long":
+                    assert raw.record["reject_reason"] == "prompt_too_long"
+        requests += marker.stats.requests
+        assert marker.stats.engine_seconds > 0
+    totals = [read_marker(store, str(stage_dir), s) for s in (0, 1)]
+    assert sorted(ids) == sorted([f"m{i}" for i in range(RECORDS)] + ["too-long"])
+    assert sum(m.stats.prompt_tokens for m in totals if m) == prompt
+    assert sum(m.stats.generated_tokens for m in totals if m) == generated
+    assert generated > 0 and requests == RECORDS + 1
+    print(
+        f"vllm worker: {seconds:.1f} s for {RECORDS + 1} records (cold start included); "
+        f"tokens prompt {prompt} generated {generated}",
+        file=sys.stderr,
+    )
+
+    again = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, env=env.subprocess_env(), cwd=env.REPO
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "vLLM" not in again.stderr  # committed: the engine is not started again
