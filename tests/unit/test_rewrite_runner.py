@@ -1,0 +1,220 @@
+"""The rewrite runner on a fake in-process engine: streaming, commits, checkpoints, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from palimpsest.commit import REJECTS_KIND, Part, read_committed, read_marker
+from palimpsest.engines import (
+    Completion,
+    Engine,
+    EngineDeadError,
+    EngineSettings,
+    GenerationRequest,
+    GenerationResult,
+)
+from palimpsest.records import RawRecord
+from palimpsest.rewrite.checkpoint import Checkpoint, load_checkpoints, resume
+from palimpsest.rewrite.job import RewriteSpec, stage_plans
+from palimpsest.rewrite.runner import RewriteRunner, RunnerSettings, StagePlan
+from palimpsest.stats import Stats
+from palimpsest.storage import LocalStore
+
+PROMPT_TOKENS, GENERATED_TOKENS = 40, 12
+
+
+class FakeEngine(Engine):
+    """Answers like a model that follows the prompts; may die after a number of requests."""
+
+    def __init__(self, max_in_flight: int = 3, die_after: int | None = None) -> None:
+        self.max_in_flight = max_in_flight
+        self.die_after = die_after
+        self.log: list[tuple[str, str]] = []  # ("start" | "end", request id)
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    @property
+    def engine_seconds(self) -> float:
+        return 1.0
+
+    @property
+    def gpus(self) -> int:
+        return 1
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        if self.die_after is not None and len(self.log) >= 2 * self.die_after:
+            raise EngineDeadError("fake engine died")
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.log.append(("start", request.request_id))
+        text = request.messages[-1].content
+        await asyncio.sleep(0.001 * (1 + hash(request.request_id) % 5))
+        self.in_flight -= 1
+        self.log.append(("end", request.request_id))
+        if request.request_id.startswith("sgcr:"):
+            answer = f"Score: 5\nSuggestions:\n- names\n\n```python\n{text}# sgcr\n```"
+        else:
+            answer = f"```python\n{text}# scor\n```"
+        return GenerationResult(
+            request.request_id, PROMPT_TOKENS, (Completion(answer, "stop", GENERATED_TOKENS),)
+        )
+
+    @property
+    def requests(self) -> list[str]:
+        return [rid for what, rid in self.log if what == "start"]
+
+
+def code(i: int) -> str:
+    return f"def value_{i}(scale: int) -> int:\n    return scale * {i} + {i * 3}\n"
+
+
+SHARDS = {0: [f"a{i}" for i in range(7)], 1: [f"b{i}" for i in range(5)]}
+
+
+def inputs(shard: int) -> Iterable[RawRecord]:
+    for position, rid in enumerate(SHARDS[shard]):
+        yield RawRecord("mem", position, {"id": rid, "text": code(position)})
+
+
+def plans() -> list[StagePlan]:
+    engine = EngineSettings(type="openai", model="fake", base_url="http://unused/v1")
+    return stage_plans(RewriteSpec("swallowcode", ("sgcr", "scor"), engine), "plan-1")
+
+
+def run(engine: FakeEngine, output: str, checkpoint_records: int = 2) -> None:
+    runner = RewriteRunner(
+        engine,
+        LocalStore(),
+        output,
+        plans(),
+        inputs,
+        settings=RunnerSettings(checkpoint_records=checkpoint_records),
+    )
+    asyncio.run(runner.run([0, 1]))
+
+
+def committed_ids(output: str, kind: str) -> list[str]:
+    store = LocalStore()
+    (ref,) = [p.ref for p in plans() if p.ref.kind == kind]
+    ids = []
+    for shard in SHARDS:
+        marker = read_marker(store, ref.uri(output), shard)
+        assert marker is not None
+        for part_kind in ("output", REJECTS_KIND):
+            ids += [
+                str(r.record["id"]) for r in read_committed(store, marker, part_kind) if r.record
+            ]
+    return sorted(ids)
+
+
+def test_stream_commits_each_stage_of_each_shard(tmp_path: Path) -> None:
+    engine = FakeEngine(max_in_flight=3)
+    output = str(tmp_path / "out")
+    run(engine, output)
+    everything = sorted(SHARDS[0] + SHARDS[1])
+    assert committed_ids(output, "sgcr") == everything
+    assert committed_ids(output, "scor") == everything
+    assert engine.most_in_flight <= 3
+    requests = engine.requests
+    # A record's SCOR goes out before every SGCR is sent, and shard 1 starts before shard 0's
+    # last answer: one stream, no drain at stage or shard boundaries.
+    first_scor = min(i for i, r in enumerate(requests) if r.startswith("scor:"))
+    last_sgcr = max(i for i, r in enumerate(requests) if r.startswith("sgcr:"))
+    assert first_scor < last_sgcr
+    ends = [rid for what, rid in engine.log if what == "end"]
+    first_b = engine.log.index(("start", "sgcr:b0"))
+    last_a_end = max(engine.log.index(("end", r)) for r in ends if r.endswith(":a6"))
+    assert first_b < last_a_end
+    store = LocalStore()
+    for plan in plans():
+        marker = read_marker(store, plan.ref.uri(output), 0)
+        assert marker is not None
+        stats = marker.stats
+        assert stats.requests == 7
+        assert stats.prompt_tokens == 7 * PROMPT_TOKENS
+        assert stats.generated_tokens == 7 * GENERATED_TOKENS
+        assert stats.gpus == 1
+
+
+def test_dead_engine_then_resume_without_regenerating(tmp_path: Path) -> None:
+    output = str(tmp_path / "out")
+    dying = FakeEngine(max_in_flight=2, die_after=9)
+    with pytest.raises(EngineDeadError):
+        run(dying, output)
+    store = LocalStore()
+    saved = {}
+    for plan in plans():
+        saved[plan.ref.kind] = sum(
+            len(resume(load_checkpoints(store, plan.ref.uri(output), s)).done) for s in SHARDS
+        )
+    assert saved["sgcr"] > 0
+    healthy = FakeEngine(max_in_flight=2)
+    run(healthy, output)
+    total = len(SHARDS[0]) + len(SHARDS[1])
+    assert len(healthy.requests) == (total - saved["sgcr"]) + (total - saved["scor"])
+    everything = sorted(SHARDS[0] + SHARDS[1])
+    assert committed_ids(output, "sgcr") == everything
+    assert committed_ids(output, "scor") == everything
+    # Tokens in the markers cover every record once, checkpointed ones included.
+    for plan in plans():
+        tokens = 0
+        for shard in SHARDS:
+            marker = read_marker(store, plan.ref.uri(output), shard)
+            assert marker is not None
+            tokens += marker.stats.prompt_tokens
+        assert tokens == total * PROMPT_TOKENS
+
+
+def test_rerun_of_committed_block_sends_nothing(tmp_path: Path) -> None:
+    output = str(tmp_path / "out")
+    run(FakeEngine(), output)
+    again = FakeEngine()
+    run(again, output)
+    assert again.requests == []
+
+
+def checkpoint(attempt: str, seq: int, keys: list[str]) -> Checkpoint:
+    part = Part(f"/parts/{attempt}-{seq}.jsonl.zst", len(keys), 10)
+    stats = Stats()
+    for _ in keys:
+        stats.keep()
+    return Checkpoint("sgcr-x", 0, attempt, seq, {"output": [part]}, {"output": [keys]}, stats)
+
+
+def test_resume_skips_overlapping_checkpoints() -> None:
+    state = resume(
+        [
+            checkpoint("a", 0, ["r1", "r2"]),
+            checkpoint("a", 1, ["r3"]),
+            checkpoint("b", 0, ["r2", "r4"]),  # a concurrent attempt redid r2: not used
+            checkpoint("b", 1, ["r5"]),
+        ]
+    )
+    assert sorted(state.done) == ["r1", "r2", "r3", "r5"]
+    assert [p.uri for p in state.parts["output"]] == [
+        "/parts/a-0.jsonl.zst",
+        "/parts/a-1.jsonl.zst",
+        "/parts/b-1.jsonl.zst",
+    ]
+    assert state.stats.kept == 4
+
+
+def test_checkpoint_round_trip() -> None:
+    original = checkpoint("a", 3, ["k1", "k2"])
+    assert Checkpoint.from_json(original.to_json()) == original
+    assert json.loads(original.to_json())["stats"]["records"]["kept"] == 2
