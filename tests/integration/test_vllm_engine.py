@@ -35,7 +35,8 @@ from palimpsest.engines.model_source import COMPLETE_MARKER, download_s3_prefix
 from tests.support import s3server
 from tests.vllm import engine_probe, env
 
-pytestmark = pytest.mark.integration
+# The first test here may build the vLLM env (minutes, once per machine) in its setup.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 MODEL_BUCKET = "palimpsest-models"
 SERVE_START_TIMEOUT = 300.0
