@@ -84,3 +84,21 @@ def test_status_declares_everything_the_operator_writes(tmp_path: Path) -> None:
     stage_fields = set(status["properties"]["stages"]["items"]["properties"])
     for stage in harness.status["stages"]:
         assert set(stage) <= stage_fields
+
+
+def test_every_key_is_a_string() -> None:
+    """YAML 1.1 reads bare keys like `n` or `on` as booleans; the API server would too."""
+
+    def walk(node: Any, path: str) -> list[str]:
+        bad: list[str] = []
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    bad.append(f"{path}.{key!r}")
+                bad += walk(value, f"{path}.{key}")
+        elif isinstance(node, list):
+            for item in node:
+                bad += walk(item, path)
+        return bad
+
+    assert walk(crd(), "") == []

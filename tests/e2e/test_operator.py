@@ -1,0 +1,457 @@
+"""The operator end to end on the test cluster: `kubectl apply` of a RewriteJob over S3 input.
+
+The operator runs as a local process with the cluster's kubeconfig (as it would in its pod,
+minus the image); worker pods run through the test kubelet against the loopback S3. Each test
+gets its own namespace, its own operator watching it, and its own S3 prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import boto3
+import pytest
+import yaml
+
+from tests.cluster.fixtures import Cluster
+from tests.support.openai_server import Reply, ScriptedOpenAIServer
+from tests.support.s3server import free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "manifests" / "crd" / "rewritejobs.palimpsest.dev.yaml"
+OPERATOR = REPO / ".venv" / "bin" / "palimpsest-operator"
+STATUS_DUMP = REPO / ".cluster" / "logs" / "e2e-rewritejob-status.yaml"
+
+
+def wait_until(
+    what: str, probe: Callable[[], T | None], timeout: float = 180, every: float = 1.0
+) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Operator:
+    """`palimpsest-operator` as a child process watching one namespace."""
+
+    def __init__(self, cluster: Cluster, namespace: str, log: Path) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.log = log
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **self.cluster.env,
+            "PALIMPSEST_TICK_SECONDS": "2",
+            "PALIMPSEST_METRICS_PORT": str(self.metrics_port),
+            "PALIMPSEST_LIVENESS_PORT": str(self.liveness_port),
+        }
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(OPERATOR), "-n", self.namespace],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def get(self, path: str, port: int) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return str(response.read().decode("utf-8"))
+
+
+@pytest.fixture()
+def namespace(k8s_cluster: Cluster) -> Iterator[str]:
+    k8s_cluster.kubectl("apply", "-f", str(CRD))
+    k8s_cluster.kubectl("wait", "--for=condition=Established", "crd/rewritejobs.palimpsest.dev")
+    name = f"rwj-{uuid.uuid4().hex[:8]}"
+    k8s_cluster.kubectl("create", "namespace", name)
+    k8s_cluster.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "s3-creds",
+        "-n",
+        name,
+        f"--from-literal=AWS_ACCESS_KEY_ID={os.environ['AWS_ACCESS_KEY_ID']}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={os.environ['AWS_SECRET_ACCESS_KEY']}",
+    )
+    try:
+        yield name
+    finally:
+        k8s_cluster.kubectl("delete", "rwj", "--all", "-n", name, "--wait=false", check=False)
+        k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture()
+def operator(k8s_cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Operator]:
+    running = Operator(k8s_cluster, namespace, tmp_path / "operator.log")
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        # on failure, the log is the first thing to read
+        sys.stdout.write(running.log.read_text(errors="replace")[-4000:])
+
+
+def s3() -> Any:
+    return boto3.client("s3")
+
+
+def code(i: int) -> str:
+    if i % 4 == 3:
+        return f"def broken_{i}(:\n    pass\n"
+    return (
+        f'"""Module {i}."""\n\n\ndef add_{i}(left: int, right: int) -> int:\n'
+        f'    """Add two numbers."""\n    return left + right + {i}\n'
+    )
+
+
+def write_input(bucket: str, prefix: str, records: int, files: int = 1) -> str:
+    per_file = records // files
+    for f in range(files):
+        lines = [json.dumps({"id": f"r{f}-{i}", "text": code(i)}) for i in range(per_file)]
+        s3().put_object(
+            Bucket=bucket,
+            Key=f"{prefix}/input/part-{f}.jsonl",
+            Body=("\n".join(lines) + "\n").encode(),
+        )
+    return f"s3://{bucket}/{prefix}/input/"
+
+
+def rewrite_job(name: str, input_uri: str, output_uri: str, **spec: Any) -> str:
+    body = {
+        "apiVersion": "palimpsest.dev/v1alpha1",
+        "kind": "RewriteJob",
+        "metadata": {"name": name},
+        "spec": {
+            "recipe": "swallowcode",
+            "stages": ["filter"],
+            "input": {"uri": input_uri},
+            "output": {"uri": output_uri},
+            "storage": {
+                "endpoint": os.environ["AWS_ENDPOINT_URL_S3"],
+                "region": "us-east-1",
+                "secretRef": {"name": "s3-creds"},
+            },
+            "sharding": {"recordsPerShard": 4},
+            "filter": {
+                "parallelism": 2,
+                "timeLimitSeconds": 30,
+                "image": "palimpsest/filter:test",
+                "resources": {"cpu": "1"},
+            },
+            **spec,
+        },
+    }
+    return yaml.safe_dump(body)
+
+
+def rwj(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    out = cluster.kubectl("get", "rwj", name, "-n", namespace, "-o", "json").stdout
+    body: dict[str, Any] = json.loads(out)
+    return body
+
+
+def phase_in(cluster: Cluster, namespace: str, name: str, *phases: str) -> dict[str, Any] | None:
+    body = rwj(cluster, namespace, name)
+    status = body.get("status") or {}
+    return status if status.get("phase") in phases else None
+
+
+def jobs(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout
+    items: list[dict[str, Any]] = json.loads(out)["items"]
+    return items
+
+
+def marker_totals(stage_uri: str) -> dict[str, int]:
+    """Sums of the markers' stats of one stage, read straight from S3."""
+    bucket, _, key = stage_uri.removeprefix("s3://").partition("/")
+    totals = {"shards": 0, "in": 0, "kept": 0, "rejected": 0, "prompt": 0, "generated": 0}
+    pages = s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/_markers/")
+    for page in pages:
+        for item in page.get("Contents", []):
+            stats = json.loads(s3().get_object(Bucket=bucket, Key=item["Key"])["Body"].read())[
+                "stats"
+            ]
+            totals["shards"] += 1
+            for field in ("in", "kept", "rejected"):
+                totals[field] += stats["records"][field]
+            totals["prompt"] += stats["tokens"]["prompt"]
+            totals["generated"] += stats["tokens"]["generated"]
+    return totals
+
+
+def assert_status_matches_markers(status: dict[str, Any]) -> None:
+    for stage in status["stages"]:
+        sums = marker_totals(stage["uri"])
+        assert sums["shards"] == stage["shards"]["total"] == stage["shards"]["succeeded"]
+        assert stage["records"] == {k: sums[k] for k in ("in", "kept", "rejected")}
+        assert stage["tokens"] == {k: sums[k] for k in ("prompt", "generated")}
+    first = marker_totals(status["stages"][0]["uri"])
+    last = marker_totals(status["stages"][-1]["uri"])
+    assert status["records"]["in"] == first["in"]
+    assert status["records"]["kept"] == last["kept"]
+    assert status["tokens"]["generated"] == sum(
+        marker_totals(s["uri"])["generated"] for s in status["stages"]
+    )
+
+
+def test_filter_job_runs_to_succeeded_with_counts_from_the_markers(
+    k8s_cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    prefix = f"e2e/{namespace}/filter"
+    input_uri = write_input(k8s_cluster.bucket, prefix, records=12)
+    output_uri = f"s3://{k8s_cluster.bucket}/{prefix}/output"
+    k8s_cluster.apply(rewrite_job("code", input_uri, output_uri), namespace)
+
+    status = wait_until(
+        "the job to succeed",
+        lambda: phase_in(k8s_cluster, namespace, "code", "Succeeded", "Failed"),
+    )
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["plan"]["shards"] == 3 and status["progress"] == "100%"
+    assert status["records"] == {"in": 12, "kept": 9, "rejected": 3}
+    assert status["stages"][0]["topRejects"] == {"syntax_error": 3}
+    assert_status_matches_markers(status)
+    manifest_uri = status["manifestUri"]
+    bucket, _, key = manifest_uri.removeprefix("s3://").partition("/")
+    manifest = json.loads(s3().get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert manifest["records"] == 9
+
+    (job,) = jobs(k8s_cluster, namespace)
+    assert status["stageIds"]["filter"] in job["metadata"]["name"]
+    assert job["spec"]["completions"] == 3
+
+    printed = k8s_cluster.kubectl("get", "rwj", "code", "-n", namespace).stdout
+    assert "Succeeded" in printed and "100%" in printed
+    events = k8s_cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "involvedObject.name=code",
+        "-o",
+        "json",
+    ).stdout
+    assert {"Planned", "JobCreated", "StageSucceeded", "Succeeded"} <= {
+        e["reason"] for e in json.loads(events)["items"]
+    }
+    assert operator.get("/healthz", operator.liveness_port)
+    metrics = operator.get("/metrics", operator.metrics_port)
+    assert f'palimpsest_records{{kind="kept",name="code",namespace="{namespace}"}} 9.0' in metrics
+    STATUS_DUMP.parent.mkdir(parents=True, exist_ok=True)
+    STATUS_DUMP.write_text(
+        k8s_cluster.kubectl("get", "rwj", "code", "-n", namespace, "-o", "yaml").stdout
+    )
+
+
+INVALID = [
+    ({"filter": {"minScore": 11}}, "spec.filter.minScore"),
+    ({"recipe": "poetry"}, "spec.recipe"),
+    (
+        {
+            "output": {"uri": "s3://palimpsest-test/same"},
+            "input": {"uri": "s3://palimpsest-test/same"},
+        },
+        "output.uri must differ from input.uri",
+    ),
+    ({"stages": ["filter", "math"]}, "stages of recipe swallowcode"),
+    ({"stages": ["filter", "sgcr"]}, "rewrite.engine is required"),
+    (
+        {"rewrite": {"engine": {"type": "openai", "model": "m"}}, "stages": None},
+        "engine.baseURL is required",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), INVALID)
+def test_invalid_specs_are_rejected_by_the_api_server(
+    k8s_cluster: Cluster, namespace: str, spec: dict[str, Any], message: str
+) -> None:
+    body = yaml.safe_load(rewrite_job("bad", "s3://palimpsest-test/in", "s3://palimpsest-test/out"))
+    for key, value in spec.items():
+        if value is None:
+            body["spec"].pop(key)
+        else:
+            body["spec"][key] = value
+    result = k8s_cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body), check=False
+    )
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_input_is_immutable(k8s_cluster: Cluster, namespace: str) -> None:
+    k8s_cluster.apply(
+        rewrite_job("fixed", "s3://palimpsest-test/a", "s3://palimpsest-test/b", dryRun=True),
+        namespace,
+    )
+    result = k8s_cluster.kubectl(
+        "patch",
+        "rwj",
+        "fixed",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"input": {"uri": "s3://palimpsest-test/c"}}}',
+        check=False,
+    )
+    assert result.returncode != 0 and "input is immutable" in result.stderr
+
+
+def test_restart_mid_run_and_spec_edit_rerun(
+    k8s_cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    prefix = f"e2e/{namespace}/restart"
+    input_uri = write_input(k8s_cluster.bucket, prefix, records=16, files=2)
+    output_uri = f"s3://{k8s_cluster.bucket}/{prefix}/output"
+    k8s_cluster.apply(
+        rewrite_job(
+            "code",
+            input_uri,
+            output_uri,
+            filter={"parallelism": 1, "image": "palimpsest/filter:test", "timeLimitSeconds": 30},
+        ),
+        namespace,
+    )
+
+    def some_counted() -> dict[str, Any] | None:
+        status = phase_in(k8s_cluster, namespace, "code", "Filtering") or {}
+        return status if status.get("shards", {}).get("succeeded", 0) >= 1 else None
+
+    wait_until("the first shards to be counted", some_counted)
+    operator.stop(signal.SIGKILL)  # a crash: no graceful shutdown
+    time.sleep(3)
+    operator.start()
+    status = wait_until(
+        "the job to succeed",
+        lambda: phase_in(k8s_cluster, namespace, "code", "Succeeded", "Failed"),
+    )
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert len(jobs(k8s_cluster, namespace)) == 1  # no duplicate Job after the restart
+    assert status["records"]["in"] == 16
+    assert_status_matches_markers(status)
+    first_id = status["stageIds"]["filter"]
+
+    # a spec edit that changes the filter's settings runs the filter again under a new id
+    k8s_cluster.kubectl(
+        "patch",
+        "rwj",
+        "code",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"filter": {"minScore": 9.9}}}',
+    )
+
+    def rerun_done() -> dict[str, Any] | None:
+        status = phase_in(k8s_cluster, namespace, "code", "Succeeded", "Failed") or {}
+        ok = status.get("stageIds", {}).get("filter") not in (None, first_id)
+        return status if ok and status.get("observedGeneration") == 2 else None
+
+    status = wait_until("the edited job to succeed", rerun_done)
+    assert status["phase"] == "Succeeded"
+    assert status["records"]["in"] == 16
+    assert [s["id"] for s in status["stages"]] == [status["stageIds"]["filter"]]
+    names = [
+        j["metadata"]["name"]
+        for j in jobs(k8s_cluster, namespace)
+        if not j["metadata"].get("deletionTimestamp")
+    ]
+    assert names and all(status["stageIds"]["filter"] in n for n in names)
+    assert_status_matches_markers(status)
+
+
+def scripted_model(body: dict[str, Any]) -> Reply:
+    """Answers like a model following either code prompt: a fenced rewrite of the input."""
+    last = str(body["messages"][-1]["content"])
+    return Reply(
+        f"Score: 8\n\nSuggestions:\n- fine\n\n```python\n{last}\n# rewritten\n```\n",
+        prompt_tokens=20,
+        completion_tokens=12,
+    )
+
+
+@pytest.mark.skipif(
+    subprocess.run(
+        [str(REPO / ".venv" / "bin" / "palimpsest"), "worker", "rewrite", "--help"],
+        capture_output=True,
+        check=False,
+    ).returncode
+    != 0,
+    reason="the rewrite worker is not available",
+)
+def test_filter_and_rewrite_with_an_openai_engine(
+    k8s_cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    server = ScriptedOpenAIServer()
+    server.default = scripted_model
+    prefix = f"e2e/{namespace}/rewrite"
+    input_uri = write_input(k8s_cluster.bucket, prefix, records=8)
+    output_uri = f"s3://{k8s_cluster.bucket}/{prefix}/output"
+    with server.run():
+        k8s_cluster.apply(
+            rewrite_job(
+                "code",
+                input_uri,
+                output_uri,
+                stages=["filter", "sgcr", "scor"],
+                rewrite={
+                    "image": "palimpsest/rewrite:test",
+                    "shardsPerPod": 2,
+                    "engine": {"type": "openai", "model": "scripted", "baseURL": server.base_url},
+                },
+            ),
+            namespace,
+        )
+        status = wait_until(
+            "the job to succeed",
+            lambda: phase_in(k8s_cluster, namespace, "code", "Succeeded", "Failed"),
+            timeout=300,
+        )
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert [s["kind"] for s in status["stages"]] == ["filter", "sgcr", "scor"]
+    assert status["records"]["in"] == 8
+    assert status["tokens"]["generated"] > 0
+    assert_status_matches_markers(status)
+    STATUS_DUMP.with_name("e2e-rewritejob-rewrite-status.yaml").write_text(
+        k8s_cluster.kubectl("get", "rwj", "code", "-n", namespace, "-o", "yaml").stdout
+    )
