@@ -342,3 +342,158 @@ def test_worker_block_on_s3(
         timeout=60,
     )
     assert bad.returncode == 3
+
+
+def test_instruct_translate_then_n_responses(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
+    instructions = ["Explain recursion.", "Write a haiku about rain.", "List three prime numbers."]
+    write_input(
+        tmp_path / "in.jsonl", [{"id": f"q{i}", "text": t} for i, t in enumerate(instructions)]
+    )
+
+    def reply(body: dict[str, Any]) -> Reply:
+        last = str(body["messages"][-1]["content"])
+        if "Translate the following request" in last:
+            source = last.rsplit("\n", 1)[-1]
+            return Reply(f"[ja] {source}", prompt_tokens=15, completion_tokens=6)
+        n = int(body.get("n") or 1)
+        texts = [f"Answer {k} to {last}" for k in range(n)]
+        if last == "[ja] Write a haiku about rain.":
+            return Reply(texts, finish_reason="length", prompt_tokens=9, completion_tokens=40)
+        return Reply(texts, prompt_tokens=9, completion_tokens=8 * n)
+
+    server.default = reply
+    out, rej, stats_path = tmp_path / "out.jsonl", tmp_path / "rej.jsonl", tmp_path / "s.json"
+    argv = [
+        "rewrite",
+        str(tmp_path / "in.jsonl"),
+        str(out),
+        "--recipe",
+        "instruct",
+        "--stages",
+        "translate,response",
+        "--language",
+        "Japanese",
+        "--n",
+        "2",
+        "--rejects",
+        str(rej),
+        "--stats",
+        str(stats_path),
+        *engine_flags(server),
+    ]
+    assert main(argv) == 0
+    kept = {r["id"]: r for r in read_all_jsonl(out.read_bytes())}
+    assert sorted(kept) == ["q0", "q2"]
+    assert kept["q0"]["text"] == "[ja] Explain recursion."
+    assert kept["q0"]["responses"] == [
+        "Answer 0 to [ja] Explain recursion.",
+        "Answer 1 to [ja] Explain recursion.",
+    ]
+    assert kept["q0"]["rewrite"]["translate"]["original"] == "Explain recursion."
+    (rejected,) = read_all_jsonl(rej.read_bytes())
+    assert (rejected["id"], rejected["reject_reason"]) == ("q1", "truncated")
+    stats = json.loads(stats_path.read_text())["stages"]
+    assert stats["translate"]["tokens"] == {"prompt": 3 * 15, "generated": 3 * 6}
+    # n = 2: the prompt counts once per request, every completion counts.
+    assert stats["response"]["tokens"] == {"prompt": 3 * 9, "generated": 2 * 16 + 40}
+    bodies = [r.body for r in server.received if "Translate" not in r.key]
+    assert all(b.get("n") == 2 for b in bodies)
+    assert all(r.body.get("n") == 1 for r in server.received if "Translate" in r.key)
+
+
+def test_worker_reads_a_committed_filter_stage(
+    server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    from palimpsest.chain import job_stages
+    from palimpsest.engines import EngineSettings
+    from palimpsest.filtering import FilterSettings
+    from palimpsest.lint.pool import LintPool
+    from palimpsest.prompts import load_stage_prompt
+    from palimpsest.shardrun import filter_stage_id, run_filter_shard
+
+    good = (
+        '"""Totals."""\n\n\ndef total(values: list[int]) -> int:\n'
+        '    """Sum."""\n    return sum(values)\n'
+    )
+    (tmp_path / "in").mkdir()
+    write_input(
+        tmp_path / "in" / "a.jsonl",
+        [{"id": "ok", "text": good}, {"id": "bad", "text": "def broken(:\n"}],
+    )
+    store = LocalStore()
+    plan = make_plan(store, str(tmp_path / "in"), PlanSettings(records_per_shard=10))
+    plan_uri = str(tmp_path / "plan.json")
+    store.put_bytes(plan_uri, plan.to_json())
+    output = str(tmp_path / "out")
+    settings = FilterSettings(workers=1)
+    with LintPool(1, settings.time_limit) as pool:
+        run_filter_shard(store, plan, 0, output, settings, pool)
+    filter_id = filter_stage_id(plan.plan_id, settings)
+
+    argv = worker_argv(plan_uri, output, server, "--index", "0", "--input-stage", filter_id)
+    proc = subprocess.run(
+        [sys.executable, "-m", "palimpsest.cli", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    engine = EngineSettings(type="openai", model="scripted", base_url=server.base_url)
+    prompts = {k: load_stage_prompt(f"code-{k}") for k in ("sgcr", "scor")}
+    refs = job_stages(
+        plan.plan_id, "swallowcode", ("filter", "sgcr", "scor"), settings, engine, prompts
+    )
+    assert refs[0].stage_id == filter_id
+    for ref in refs[1:]:  # the ids the operator computes for the whole chain
+        marker = read_marker(store, ref.uri(output), 0)
+        assert marker is not None, ref.kind
+        assert marker.stats.records_in == 1  # only the record the filter kept
+    assert server.served() == 2
+
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "palimpsest.cli",
+            *worker_argv(
+                plan_uri,
+                str(tmp_path / "elsewhere"),
+                server,
+                "--index",
+                "0",
+                "--input-stage",
+                filter_id,
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert missing.returncode == 1  # the input stage has not committed there: retry later
+    config = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "palimpsest.cli",
+            "worker",
+            "rewrite",
+            "--plan",
+            plan_uri,
+            "--output",
+            output,
+            "--recipe",
+            "instruct",
+            "--stages",
+            "translate,response",
+            "--index",
+            "0",
+            *engine_flags(server),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert config.returncode == 3  # translate without --language
