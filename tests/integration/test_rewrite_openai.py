@@ -498,3 +498,28 @@ def test_worker_reads_a_committed_filter_stage(
         timeout=60,
     )
     assert config.returncode == 3  # translate without --language
+
+
+def test_local_rewrite_with_work_dir_reruns_for_free(
+    server: ScriptedOpenAIServer, tmp_path: Path
+) -> None:
+    write_input(tmp_path / "in.jsonl", [{"id": f"r{i}", "text": code(i)} for i in range(4)])
+    out = tmp_path / "out.jsonl.gz"
+    argv = [
+        "rewrite",
+        str(tmp_path / "in.jsonl"),
+        str(out),
+        "--recipe",
+        "swallowcode",
+        "--work-dir",
+        str(tmp_path / "work"),
+        *engine_flags(server),
+    ]
+    assert main(argv) == 0
+    served = server.served()
+    first = read_all_jsonl(out.read_bytes(), str(out))
+    assert len(first) == 4 and served == 8
+    assert (tmp_path / "out.rejects.jsonl.gz").exists()
+    assert main(argv) == 0
+    assert server.served() == served  # every stage committed in the work folder
+    assert read_all_jsonl(out.read_bytes(), str(out)) == first

@@ -24,9 +24,11 @@ from palimpsest.commands._common import (
 )
 
 if TYPE_CHECKING:
+    from palimpsest.chain import StageRef
     from palimpsest.engines.settings import EngineSettings
     from palimpsest.rewrite.job import RewriteSpec
     from palimpsest.rewrite.runner import RunnerSettings
+    from palimpsest.storage import S3Settings, Store
 
 RECIPE_CHOICES = ("swallowcode", "swallowmath", "instruct")
 
@@ -245,7 +247,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def gather(
-    store: Any, work: str, refs: list[Any], shards: int, output: str, rejects: str, s3: Any
+    store: Store,
+    work: str,
+    refs: list[StageRef],
+    shards: int,
+    output: str,
+    rejects: str,
+    s3: S3Settings,
 ) -> dict[str, Any]:
     """Copy the committed results out of the work folder: the last stage's outputs to
     `output`, every stage's rejects to `rejects`; returns per-stage and total stats."""
