@@ -306,6 +306,8 @@ def test_worker_block_on_s3(
         str(len(plan.shards)),
         "--s3-endpoint",
         s3_server.endpoint,
+        "--checkpoint-records",
+        "1",
     )
     proc = subprocess.run(
         [sys.executable, "-m", "palimpsest.cli", *argv],
@@ -332,6 +334,12 @@ def test_worker_block_on_s3(
             marker = read_marker(s3, ref.uri(output), shard)
             assert marker is not None, (ref.kind, shard)
             total_tokens += marker.stats.prompt_tokens + marker.stats.generated_tokens
+            # Chunks of one record were checkpointed as they finished; the marker holds them.
+            checkpoints = load_checkpoints(s3, ref.uri(output), shard)
+            assert checkpoints
+            chunk_parts = {p.uri for c in checkpoints for p in c.parts.get("output", [])}
+            assert chunk_parts <= {p.uri for p in marker.parts["output"]}
+            assert sum(p.records for p in marker.parts["output"]) == marker.stats.kept
     assert total_tokens == 9 * (sum(SGCR_TOKENS) + sum(SCOR_TOKENS))
 
     bad = subprocess.run(
