@@ -56,6 +56,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=c.GROUP, key="last-handled-configuration"
     )
     settings.posting.level = logging.INFO
+    # The resource and namespaces are fixed at start: no CRD or namespace watching, so the
+    # operator needs no cluster-wide read access beyond its own resource (manifests/README.md).
+    settings.scanning.disabled = True
     settings.execution.max_workers = 8
     cluster()
 

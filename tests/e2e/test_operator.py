@@ -51,8 +51,9 @@ def wait_until(
 class Operator:
     """`palimpsest-operator` as a child process watching one namespace."""
 
-    def __init__(self, cluster: Cluster, namespace: str, log: Path) -> None:
+    def __init__(self, cluster: Cluster, namespace: str, log: Path, kubeconfig: Path) -> None:
         self.cluster = cluster
+        self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.log = log
         self.metrics_port = free_port()
@@ -62,6 +63,7 @@ class Operator:
     def start(self) -> None:
         env = {
             **self.cluster.env,
+            "KUBECONFIG": str(self.kubeconfig),
             "PALIMPSEST_TICK_SECONDS": "2",
             "PALIMPSEST_METRICS_PORT": str(self.metrics_port),
             "PALIMPSEST_LIVENESS_PORT": str(self.liveness_port),
@@ -113,11 +115,54 @@ def namespace(k8s_cluster: Cluster) -> Iterator[str]:
     finally:
         k8s_cluster.kubectl("delete", "rwj", "--all", "-n", name, "--wait=false", check=False)
         k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        k8s_cluster.kubectl("delete", "clusterrole", f"palimpsest-operator-{name}", check=False)
+
+
+RBAC_DOC = REPO / "manifests" / "README.md"
+
+
+def documented_cluster_role() -> dict[str, Any]:
+    """The ClusterRole of manifests/README.md, as documented (its first yaml block)."""
+    text = RBAC_DOC.read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    role: dict[str, Any] = yaml.safe_load(block)
+    assert role["kind"] == "ClusterRole"
+    return role
+
+
+def service_account_kubeconfig(cluster: Cluster, namespace: str, path: Path) -> Path:
+    """A kubeconfig for a service account bound (in `namespace`) to the documented role only."""
+    role = documented_cluster_role()
+    role["metadata"]["name"] = f"palimpsest-operator-{namespace}"
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "palimpsest-operator", "namespace": namespace},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": role["metadata"]["name"],
+        },
+        "subjects": [
+            {"kind": "ServiceAccount", "name": "palimpsest-operator", "namespace": namespace}
+        ],
+    }
+    cluster.kubectl("create", "serviceaccount", "palimpsest-operator", "-n", namespace)
+    cluster.apply(yaml.safe_dump_all([role, binding]))
+    token = cluster.kubectl(
+        "create", "token", "palimpsest-operator", "-n", namespace, "--duration=2h"
+    ).stdout.strip()
+    config = yaml.safe_load(cluster.kubectl("config", "view", "--raw", "--minify").stdout)
+    config["users"] = [{"name": "operator", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "operator"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @pytest.fixture()
 def operator(k8s_cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    running = Operator(k8s_cluster, namespace, tmp_path / "operator.log")
+    kubeconfig = service_account_kubeconfig(k8s_cluster, namespace, tmp_path / "kubeconfig")
+    running = Operator(k8s_cluster, namespace, tmp_path / "operator.log", kubeconfig)
     running.start()
     try:
         yield running
