@@ -22,7 +22,7 @@ from palimpsest.engines import (
 from palimpsest.records import RawRecord
 from palimpsest.rewrite.checkpoint import Checkpoint, load_checkpoints, resume
 from palimpsest.rewrite.job import RewriteSpec, stage_plans
-from palimpsest.rewrite.runner import RewriteRunner, RunnerSettings, StagePlan
+from palimpsest.rewrite.runner import LostCommitError, RewriteRunner, RunnerSettings, StagePlan
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
 
@@ -218,3 +218,35 @@ def test_checkpoint_round_trip() -> None:
     original = checkpoint("a", 3, ["k1", "k2"])
     assert Checkpoint.from_json(original.to_json()) == original
     assert json.loads(original.to_json())["stats"]["records"]["kept"] == 2
+
+
+class RacedStore(LocalStore):
+    """Another attempt commits the first stage's shard 0 just before this one tries."""
+
+    def __init__(self, marker_suffix: str) -> None:
+        self.marker_suffix = marker_suffix
+
+    def put_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> bool:
+        if if_absent and uri.endswith(self.marker_suffix) and "/sgcr-" in uri:
+            super().put_bytes(uri, data.replace(b'"attempt": "', b'"attempt": "other-'))
+            return False
+        return super().put_bytes(uri, data, if_absent=if_absent)
+
+
+def test_lost_commit_discards_downstream_work(tmp_path: Path) -> None:
+    output = str(tmp_path / "out")
+    store = RacedStore("_markers/shard-000000.json")
+    runner = RewriteRunner(
+        FakeEngine(),
+        store,
+        output,
+        plans(),
+        inputs,
+        settings=RunnerSettings(checkpoint_records=2),
+    )
+    with pytest.raises(LostCommitError):
+        asyncio.run(runner.run([0, 1]))
+    (scor,) = [p.ref for p in plans() if p.ref.kind == "scor"]
+    assert load_checkpoints(store, scor.uri(output), 0) == []
+    leftovers = list(Path(scor.uri(output)).glob("output/shard-000000/**/*.zst"))
+    assert leftovers == []
