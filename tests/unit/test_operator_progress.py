@@ -97,3 +97,13 @@ def test_listing_cursor_walks_and_wraps(tmp_path: Path) -> None:
     advance(tally, storage, stage, candidates=[], scan=True)
     assert tally.count == 4 and tally.cursor == -1  # short page: cursor wraps
     assert LIST_PAGE >= 100
+
+
+def test_tick_benchmark_runs_and_counts_everything(tmp_path: Path) -> None:
+    from palimpsest_operator.bench import run
+
+    report = run(str(tmp_path / "out"), shards=300, new=20)
+    assert report["phase"] == "Succeeded"
+    assert report["counted_after_steady_tick"] == 280
+    assert report["rebuild_ticks"] == 1
+    assert report["status_bytes"] < 5000

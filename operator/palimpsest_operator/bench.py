@@ -1,0 +1,171 @@
+"""Benchmark of one status tick: `python -m palimpsest_operator.bench OUTPUT_URI --shards N`.
+
+A tick's cost must not grow with the number of shards a job has: it reads only the markers
+of shards finished since the last tick (plus one listing page) and keeps the counted set as
+a compressed bitmap. This benchmark runs the real reconcile pass (fake cluster, real store:
+S3 when OUTPUT_URI is s3://, with boto3's usual configuration, or a local folder) over a
+filter stage of N shards and reports:
+
+- rebuild: ticks from an empty status until every committed marker is counted (the cost
+  after losing status entirely; MAX_READS_PER_TICK bounds each of those ticks);
+- steady: one tick during the run in which `--new` shards finished since the last tick;
+- idle: one tick during the run in which nothing new finished;
+- final: the last tick, which also writes the dataset manifest (it reads every marker once);
+- the status size in bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from palimpsest.commit import Marker, marker_uri
+from palimpsest.jobspec import JobSpec, job_stage_refs, parse_job
+from palimpsest.stats import Stats
+from palimpsest.storage import S3Settings, store_for
+from palimpsest_operator.reconcile import JobView, Resource, plan_key, reconcile
+from palimpsest_operator.status import merge_patch
+from palimpsest_operator.storage import JobStorage
+
+PLAN_ID = "bench"
+
+
+class BenchCluster:
+    """Just enough cluster for a tick: one filter Job whose completed indexes we set."""
+
+    def __init__(self) -> None:
+        self.view: JobView | None = None
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        return None
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        return None
+
+    def list_jobs(self, namespace: str, owner: str) -> list[JobView]:
+        return [self.view] if self.view else []
+
+    def create_job(self, manifest: dict[str, Any]) -> bool:
+        self.view = JobView(manifest["metadata"]["name"], "", active=4)
+        return True
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        self.view = None
+
+    def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
+        pass
+
+
+def bench_job(output_uri: str) -> JobSpec:
+    return parse_job(
+        {
+            "metadata": {"name": "bench", "namespace": "bench", "uid": "u"},
+            "spec": {
+                "recipe": "swallowcode",
+                "stages": ["filter"],
+                "input": {"uri": output_uri.rstrip("/") + "-input"},
+                "output": {"uri": output_uri},
+            },
+        }
+    )
+
+
+def write_markers(job: JobSpec, stage_uri: str, shards: range) -> None:
+    store = store_for(stage_uri, S3Settings())
+    stats = Stats(records_in=10_000, kept=6_000, seconds=600.0)
+    stats.rejects.update({"syntax_error": 1_000, "pylint_score": 3_000})
+
+    def put(shard: int) -> None:
+        marker = Marker(shard, "bench", stage_uri.rsplit("/", 1)[-1], {}, stats, "t")
+        store.put_bytes(marker_uri(stage_uri, shard), marker.to_json())
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(put, shards))
+
+
+def run(output_uri: str, shards: int, new: int) -> dict[str, Any]:
+    job = bench_job(output_uri)
+    (ref,) = job_stage_refs(job, PLAN_ID, {})
+    stage_uri = ref.uri(output_uri)
+    cluster = BenchCluster()
+    storage = JobStorage(store_for(output_uri, S3Settings()))
+
+    def storage_for(job: JobSpec, credentials: Mapping[str, str] | None) -> JobStorage:
+        return storage
+
+    manifest = {
+        "metadata": {"name": "bench", "namespace": "bench", "uid": "u", "generation": 1},
+        "spec": {
+            "recipe": "swallowcode",
+            "stages": ["filter"],
+            "input": {"uri": job.input.uri},
+            "output": {"uri": output_uri},
+        },
+    }
+    plan = {
+        "id": PLAN_ID,
+        "uri": "unused",
+        "shards": shards,
+        "estRecords": 0,
+        "estTokens": 0,
+        "inputBytes": 0,
+        "key": plan_key(job),
+    }
+    status: dict[str, Any] = {"plan": plan}
+
+    def tick() -> float:
+        nonlocal status
+        started = time.perf_counter()
+        result = reconcile(Resource(manifest, copy.deepcopy(status)), cluster, storage_for)
+        merge_patch(status, result.status)
+        elapsed = time.perf_counter() - started
+        status = result.status
+        return elapsed
+
+    first = shards - 2 * new
+    write_markers(job, stage_uri, range(first))
+    tick()  # creates the Job
+    assert cluster.view is not None
+    cluster.view = replace(cluster.view, completed_indexes=f"0-{first - 1}")
+    rebuild = []
+    while status.get("shards", {}).get("succeeded", 0) < first:
+        rebuild.append(tick())
+    idle = tick()
+    write_markers(job, stage_uri, range(first, first + new))
+    cluster.view = replace(cluster.view, completed_indexes=f"0-{first + new - 1}")
+    steady = tick()
+    counted = status["shards"]["succeeded"]
+    write_markers(job, stage_uri, range(first + new, shards))
+    cluster.view = replace(cluster.view, completed_indexes=f"0-{shards - 1}", finished="Complete")
+    final = tick()
+    return {
+        "shards": shards,
+        "store": "s3" if output_uri.startswith("s3://") else "local",
+        "rebuild_ticks": len(rebuild),
+        "rebuild_seconds": [round(t, 3) for t in rebuild],
+        "idle_tick_seconds": round(idle, 4),
+        f"steady_tick_seconds_{new}_new_shards": round(steady, 4),
+        "counted_after_steady_tick": counted,
+        "final_tick_seconds_with_manifest": round(final, 3),
+        "phase": status["phase"],
+        "status_bytes": len(json.dumps(status)),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m palimpsest_operator.bench")
+    parser.add_argument("output_uri", help="s3://bucket/prefix or a local folder (emptied: no)")
+    parser.add_argument("--shards", type=int, default=10_000)
+    parser.add_argument("--new", type=int, default=100, help="shards finished in the steady tick")
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.output_uri, args.shards, args.new), indent=1))
+
+
+if __name__ == "__main__":
+    main()
