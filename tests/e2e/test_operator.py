@@ -33,6 +33,7 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "manifests" / "crd" / "rewritejobs.palimpsest.dev.yaml"
 OPERATOR = REPO / ".venv" / "bin" / "palimpsest-operator"
+PROMPTS = REPO / "prompts"
 STATUS_DUMP = REPO / ".cluster" / "logs" / "e2e-rewritejob-status.yaml"
 
 
@@ -467,36 +468,93 @@ def scripted_model(body: dict[str, Any]) -> Reply:
 def test_filter_and_rewrite_with_an_openai_engine(
     k8s_cluster: Cluster, namespace: str, operator: Operator
 ) -> None:
+    """filter -> SGCR -> SCOR to Succeeded; then a sampling edit re-runs only the rewrite
+    stages, a prompt ConfigMap edit re-runs only SCOR, and deleting the job deletes its Jobs."""
     server = ScriptedOpenAIServer()
     server.default = scripted_model
     prefix = f"e2e/{namespace}/rewrite"
     input_uri = write_input(k8s_cluster.bucket, prefix, records=8)
     output_uri = f"s3://{k8s_cluster.bucket}/{prefix}/output"
+    prompts = {name: (PROMPTS / name).read_text() for name in ("code-sgcr.yaml", "code-scor.yaml")}
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "prompts"},
+        "data": prompts,
+    }
+    k8s_cluster.apply(yaml.safe_dump(config_map), namespace)
+    rewrite = {
+        "image": "palimpsest/rewrite:test",
+        "shardsPerPod": 2,
+        "prompts": {"configMapName": "prompts"},
+        "engine": {"type": "openai", "model": "scripted", "baseURL": ""},
+    }
     with server.run():
-        k8s_cluster.apply(
-            rewrite_job(
-                "code",
-                input_uri,
-                output_uri,
-                stages=["filter", "sgcr", "scor"],
-                rewrite={
-                    "image": "palimpsest/rewrite:test",
-                    "shardsPerPod": 2,
-                    "engine": {"type": "openai", "model": "scripted", "baseURL": server.base_url},
-                },
-            ),
-            namespace,
-        )
+        rewrite["engine"]["baseURL"] = server.base_url  # type: ignore[index]
+        spec = {"stages": ["filter", "sgcr", "scor"], "rewrite": rewrite}
+        k8s_cluster.apply(rewrite_job("code", input_uri, output_uri, **spec), namespace)
         status = wait_until(
             "the job to succeed",
             lambda: phase_in(k8s_cluster, namespace, "code", "Succeeded", "Failed"),
             timeout=300,
         )
-    assert status["phase"] == "Succeeded", status.get("message")
-    assert [s["kind"] for s in status["stages"]] == ["filter", "sgcr", "scor"]
-    assert status["records"]["in"] == 8
-    assert status["tokens"]["generated"] > 0
-    assert_status_matches_markers(status)
-    STATUS_DUMP.with_name("e2e-rewritejob-rewrite-status.yaml").write_text(
-        k8s_cluster.kubectl("get", "rwj", "code", "-n", namespace, "-o", "yaml").stdout
+        assert status["phase"] == "Succeeded", status.get("message")
+        assert [s["kind"] for s in status["stages"]] == ["filter", "sgcr", "scor"]
+        assert status["records"]["in"] == 8
+        kept = status["stages"][0]["records"]["kept"]
+        assert status["tokens"]["generated"] > 0
+        assert_status_matches_markers(status)
+        assert server.served() == 2 * kept
+        STATUS_DUMP.with_name("e2e-rewritejob-rewrite-status.yaml").write_text(
+            k8s_cluster.kubectl("get", "rwj", "code", "-n", namespace, "-o", "yaml").stdout
+        )
+        first = dict(status["stageIds"])
+        filter_job = f"code-{first['filter']}"
+
+        # a sampling edit changes both rewrite stages' ids; the filter is reused from S3
+        rewrite["sampling"] = {"temperature": 0.5}
+        k8s_cluster.apply(rewrite_job("code", input_uri, output_uri, **spec), namespace)
+        status = wait_until(
+            "the rewrite stages to run again",
+            lambda: rerun_of(k8s_cluster, namespace, first, {"sgcr", "scor"}),
+        )
+        assert status["stageIds"]["filter"] == first["filter"]
+        assert server.served() == 4 * kept
+        assert_status_matches_markers(status)
+        second = dict(status["stageIds"])
+        names = {j["metadata"]["name"] for j in jobs(k8s_cluster, namespace)}
+        assert filter_job in names  # not re-created: its name would be the same anyway
+        filter_pods = k8s_cluster.kubectl(
+            "get", "pods", "-n", namespace, "-l", f"job-name={filter_job}", "-o", "name"
+        ).stdout.split()
+        assert len(filter_pods) == 2  # one pod per shard, from the first run only
+
+        # a prompt edit in the ConfigMap re-runs only SCOR
+        sgcr_requests = count_sgcr(server)
+        config_map["data"]["code-scor.yaml"] = prompts["code-scor.yaml"] + "\n# stricter\n"
+        k8s_cluster.apply(yaml.safe_dump(config_map), namespace)
+        status = wait_until(
+            "SCOR to run again", lambda: rerun_of(k8s_cluster, namespace, second, {"scor"})
+        )
+        assert count_sgcr(server) == sgcr_requests
+        assert server.served() == 5 * kept
+        assert_status_matches_markers(status)
+
+    k8s_cluster.kubectl("delete", "rwj", "code", "-n", namespace, "--timeout=60s")
+    wait_until("its Jobs to be deleted", lambda: not jobs(k8s_cluster, namespace), timeout=60)
+
+
+def rerun_of(
+    cluster: Cluster, namespace: str, before: dict[str, str], changed: set[str]
+) -> dict[str, Any] | None:
+    """The status once exactly the `changed` stages have new ids and the job succeeded."""
+    status = phase_in(cluster, namespace, "code", "Succeeded") or {}
+    ids = status.get("stageIds", {})
+    now_changed = {kind for kind, sid in ids.items() if before.get(kind) != sid}
+    return status if ids and now_changed == changed else None
+
+
+def count_sgcr(server: ScriptedOpenAIServer) -> int:
+    return sum(
+        1 for r in server.received if "reviewer" in str(r.body["messages"][0].get("content", ""))
     )
