@@ -7,10 +7,29 @@ namespace unless `--namespace` names some.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from collections.abc import Sequence
 
 from palimpsest_operator.config import CONFIG
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the object Kopf names."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        extra = getattr(record, "k8s_ref", None)
+        if isinstance(extra, dict):
+            entry["object"] = {k: extra.get(k) for k in ("namespace", "name") if k in extra}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -41,11 +60,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from palimpsest_operator import handlers, metrics
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format='{"time": "%(asctime)s", "level": "%(levelname)s", "logger": "%(name)s", '
-        '"message": %(message)r}',
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     del handlers  # imported for its registrations
     metrics.serve(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
