@@ -600,3 +600,39 @@ def test_evicted_pod_is_retried_without_burning_a_retry_or_duplicating(
     assert status["records"]["in"] == 60  # the evicted attempt's records count nowhere
     assert status["records"]["kept"] + status["records"]["rejected"] == 60
     assert_status_matches_markers(status)
+
+
+def test_suspend_stops_the_pods_and_resume_finishes(
+    k8s_cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    prefix = f"e2e/{namespace}/suspend"
+    input_uri = write_input(k8s_cluster.bucket, prefix, records=16)
+    output_uri = f"s3://{k8s_cluster.bucket}/{prefix}/output"
+    k8s_cluster.apply(rewrite_job("code", input_uri, output_uri, suspend=True), namespace)
+    status = wait_until(
+        "the job to be suspended", lambda: phase_in(k8s_cluster, namespace, "code", "Suspended")
+    )
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Suspended"] == "True"
+    (job,) = jobs(k8s_cluster, namespace)
+    assert job["spec"]["suspend"] is True
+    time.sleep(3)
+    pods = k8s_cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.split()
+    assert pods == []  # a suspended Job starts no pods
+
+    k8s_cluster.kubectl(
+        "patch",
+        "rwj",
+        "code",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"suspend": false}}',
+    )
+    status = wait_until(
+        "the job to succeed",
+        lambda: phase_in(k8s_cluster, namespace, "code", "Succeeded", "Failed"),
+    )
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["records"]["in"] == 16
+    assert_status_matches_markers(status)

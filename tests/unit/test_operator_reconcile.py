@@ -329,3 +329,23 @@ def test_missing_prompt_in_config_map_is_a_spec_error(tmp_path: Path) -> None:
     h.cluster.config_maps["prompts"] = {}
     h.tick()
     assert h.status["phase"] == c.FAILED and "code-sgcr.yaml" in h.status["message"]
+
+
+def test_rerun_annotation_runs_every_stage_again_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.tick()
+    (name,) = h.cluster.jobs
+    for shard in range(3):
+        h.commit(shard)
+    h.cluster.progress(name, "0-2", finished="Complete")
+    h.tick()
+    assert h.status["phase"] == c.SUCCEEDED
+    h.manifest["metadata"]["annotations"] = {c.ANNOTATION_RERUN: "2026-01-02"}
+    result = h.tick()
+    assert c.REASON_RERUN in reasons(result)
+    assert h.status["phase"] == c.FILTERING and h.status["shards"]["succeeded"] == 0
+    assert not list(Path(h.stage_uri(), "_markers").iterdir())
+    (again,) = h.cluster.jobs
+    assert again.endswith("-r1") and name in h.cluster.deleted
+    assert not h.tick().events  # the same value acts once
+    assert list(h.cluster.jobs) == [again]
