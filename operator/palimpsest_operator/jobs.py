@@ -9,6 +9,7 @@ creating a Job that already exists is a 409 and means the work is already launch
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -177,6 +178,8 @@ def rewrite_job(
         ]
         if engine.max_model_len:
             args += ["--max-model-len", str(engine.max_model_len)]
+        for key, value in sorted(engine.engine_args.items()):
+            args += ["--engine-arg", f"{key}={json.dumps(value)}"]
     else:
         args += ["--base-url", engine.base_url or "", "--api-key-env", engine.api_key_env]
         if rewrite.api_key_secret is not None:

@@ -346,7 +346,7 @@ _ENGINE_FIELDS: Final[Mapping[str, str]] = {
     "dtype": "dtype",
     "maxInFlight": "max_in_flight",
 }
-_ENGINE_EXTRA: Final = frozenset({"modelVolume", "apiKeySecretRef"})
+_ENGINE_EXTRA: Final = frozenset({"modelVolume", "apiKeySecretRef", "engineArgs"})
 _FLOAT_FIELDS: Final = frozenset({"gpu_memory_utilization"})
 _SAMPLING_FIELDS: Final[Mapping[str, str]] = {
     "temperature": "temperature",
@@ -365,6 +365,9 @@ def _engine(data: Mapping[str, Any], sampling: Mapping[str, Any], where: str) ->
         if data.get(key) is not None:
             value = data[key]
             values[name] = _float(value, f"{where}.{key}") if name in _FLOAT_FIELDS else value
+    engine_args = data.get("engineArgs")
+    if engine_args is not None:
+        values["engine_args"] = dict(_mapping(engine_args, f"{where}.engineArgs"))
     sampling_where = where.rsplit(".", 1)[0] + ".sampling"
     unknown = set(sampling) - set(_SAMPLING_FIELDS)
     if unknown:

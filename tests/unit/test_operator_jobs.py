@@ -223,3 +223,21 @@ def test_job_names_are_dns_safe_and_carry_the_stage_id(
 
 def test_long_owner_names_stay_distinct() -> None:
     assert job_name("a" * 70 + "x", FILTER.stage_id) != job_name("a" * 70 + "y", FILTER.stage_id)
+
+
+def test_vllm_engine_arguments_are_passed_through() -> None:
+    spec = job_of(
+        rewrite={
+            "engine": {
+                "type": "vllm",
+                "model": "/models/tiny",
+                "dtype": "float32",
+                "maxModelLen": 2048,
+                "engineArgs": {"enforce_eager": True, "max_num_seqs": 8},
+            }
+        }
+    )
+    args = args_of(rewrite_job(spec, OWNER, [SGCR, SCOR], PLAN, total_shards=2))
+    pairs = [args[i + 1] for i, a in enumerate(args) if a == "--engine-arg"]
+    assert pairs == ["enforce_eager=true", "max_num_seqs=8"]
+    assert flag(args, "--dtype") == "float32" and flag(args, "--max-model-len") == "2048"
