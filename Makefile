@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := filter,analyze,rewrite,operator,dev
 
-.PHONY: setup quickstart test test-unit test-integration lint bench-filter cluster-build cluster-up cluster-down clean vllm-env
+.PHONY: chart-sync setup quickstart test test-unit test-integration lint bench-filter cluster-build cluster-up cluster-down clean vllm-env
 
 setup: $(STAMP)
 
@@ -58,3 +58,8 @@ bench-filter: setup
 
 clean:
 	rm -rf $(VENV) out .mypy_cache .ruff_cache .pytest_cache
+
+# The chart carries copies of the CRD and the prompts (Helm reads no files outside the chart).
+chart-sync:
+	cp manifests/crd/rewritejobs.palimpsest.dev.yaml charts/palimpsest/crds/
+	rm -f charts/palimpsest/prompts/*.yaml && cp prompts/*.yaml charts/palimpsest/prompts/
