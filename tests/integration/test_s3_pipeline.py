@@ -68,30 +68,21 @@ def test_byte_range_shards_cover_s3_objects_exactly_once(
     assert len(ids) == 400 == len(set(ids))
 
 
+def worker_call(
+    server: S3Server, plan_uri: str, out: str, index: int
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a filter worker pod for one shard."""
+    cmd = [sys.executable, "-m", "palimpsest.cli", "worker", "filter", "--plan", plan_uri,
+           "--output", out, "--workers", "1"]  # fmt: skip
+    return cmd, {**os.environ, **server.env(), "JOB_COMPLETION_INDEX": str(index)}
+
+
 def run_worker(
     server: S3Server, plan_uri: str, out: str, index: int
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **server.env(), "JOB_COMPLETION_INDEX": str(index)}
+    cmd, env = worker_call(server, plan_uri, out, index)
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "palimpsest.cli",
-            "worker",
-            "filter",
-            "--plan",
-            plan_uri,
-            "--output",
-            out,
-            "--workers",
-            "1",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        check=False,
-        timeout=300,
+        cmd, env=env, capture_output=True, text=True, cwd=REPO, check=False, timeout=300
     )
 
 
@@ -132,20 +123,7 @@ def test_two_attempts_racing_on_one_shard_commit_exactly_once(
     plan_uri = f"s3://{s3_bucket}/plans/p.json"
     s3.put_bytes(plan_uri, plan.to_json())
     out = f"s3://{s3_bucket}/race"
-    env = {**os.environ, **s3_server.env(), "JOB_COMPLETION_INDEX": "0"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "palimpsest.cli",
-        "worker",
-        "filter",
-        "--plan",
-        plan_uri,
-        "--output",
-        out,
-        "--workers",
-        "1",
-    ]
+    cmd, env = worker_call(s3_server, plan_uri, out, 0)
     procs = [
         subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
         for _ in range(2)
