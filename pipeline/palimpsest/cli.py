@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "palimpsest.commands.analyze",
         "correlations and ability factors of a benchmark table",
     ),
+    "run": ("palimpsest.commands.run", "run a RewriteJob on this machine, without Kubernetes"),
 }
 
 

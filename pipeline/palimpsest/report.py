@@ -1,0 +1,353 @@
+"""What a finished (or partly finished) job did, from its markers: a summary and an HTML report.
+
+Local mode ends by telling the user what happened without making them read JSON markers: per
+stage, records in/kept/rejected, the top reject reasons, tokens and throughput (the same sums
+the operator writes into status), and a small self-contained HTML page next to the outputs
+with the pylint score histogram (and its threshold) and the token lengths before and after
+each rewrite stage. Everything comes from markers and the records they list, so a report of a
+re-run is the same as the report of the run that did the work.
+
+Plots need matplotlib (the `analyze` extra); it is imported only when a report is drawn, and
+without it the page still carries the summary table and says how to get the plots.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from palimpsest.chain import StageRef
+from palimpsest.commit import REJECTS_KIND, read_committed, read_marker
+from palimpsest.records import Record
+from palimpsest.rewrite.stages import META_FIELD
+from palimpsest.stats import SCORE_BUCKET, Stats
+from palimpsest.storage import Store
+
+REPORT_NAME: Final = "report.html"
+"""File name of the report under the job's output URI."""
+SUMMARY_NAME: Final = "summary.json"
+"""File name of the summary (the per-stage sums, as JSON) under the job's output URI."""
+TOP_REASONS: Final = 5
+"""Reject reasons listed per stage in the summary; the rest are summed as 'other'."""
+MAX_RECORDS_PER_STAGE: Final = 50_000
+"""Records read per stage for the token length plots: enough for a smooth histogram of a
+local run, small enough that a report of a big S3 run stays quick."""
+HISTOGRAM_BINS: Final = 30
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """One stage's sums over its committed shards."""
+
+    kind: str
+    stage_id: str
+    shards: int
+    committed: int
+    stats: Stats
+
+    @property
+    def records_per_second(self) -> float:
+        return self.stats.records_in / self.stats.seconds if self.stats.seconds > 0 else 0.0
+
+    @property
+    def generated_per_second(self) -> float:
+        return self.stats.generated_tokens / self.stats.seconds if self.stats.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class TokenLengths:
+    """Per-record token counts of one rewrite stage, as the engine counted them: the prompt
+    (the record's text inside the stage's instructions) and the generated answer."""
+
+    kind: str
+    prompt: tuple[int, ...]
+    generated: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ReportData:
+    job_name: str
+    recipe: str
+    output_uri: str
+    stages: tuple[StageSummary, ...]
+    min_score: float | None = None
+    """The filter's threshold (None: the job has no filter stage)."""
+    token_lengths: tuple[TokenLengths, ...] = field(default=())
+
+    @property
+    def scores(self) -> Counter[str]:
+        """The filter's pylint score histogram: bucket lower edge -> records."""
+        total: Counter[str] = Counter()
+        for stage in self.stages:
+            if stage.kind == "filter":
+                total.update(stage.stats.scores)
+        return total
+
+
+# --- gathering ------------------------------------------------------------------------------
+
+
+def stage_summary(store: Store, output_uri: str, ref: StageRef, shards: int) -> StageSummary:
+    """The sums of a stage's committed markers (uncommitted shards count nothing)."""
+    stats = Stats()
+    committed = 0
+    for shard in range(shards):
+        marker = read_marker(store, ref.uri(output_uri), shard)
+        if marker is not None:
+            committed += 1
+            stats.merge(marker.stats)
+    return StageSummary(ref.kind, ref.stage_id, shards, committed, stats)
+
+
+def token_lengths(store: Store, output_uri: str, ref: StageRef, shards: int) -> TokenLengths:
+    """Token counts from the stage's metadata in its committed outputs and rejects."""
+    prompt: list[int] = []
+    generated: list[int] = []
+    for shard in range(shards):
+        marker = read_marker(store, ref.uri(output_uri), shard)
+        if marker is None:
+            continue
+        for kind in ("output", REJECTS_KIND):
+            for raw in read_committed(store, marker, kind):
+                if len(prompt) >= MAX_RECORDS_PER_STAGE:
+                    break
+                counts = _stage_tokens(raw.record, ref.kind)
+                if counts is not None:
+                    prompt.append(counts[0])
+                    generated.append(counts[1])
+    return TokenLengths(ref.kind, tuple(prompt), tuple(generated))
+
+
+def _stage_tokens(record: Record | None, kind: str) -> tuple[int, int] | None:
+    meta = (record or {}).get(META_FIELD)
+    stage = meta.get(kind) if isinstance(meta, dict) else None
+    if not isinstance(stage, dict) or not stage.get("prompt_tokens"):
+        return None  # no request served: rejected before it (empty text) or by the engine
+    return int(stage["prompt_tokens"]), int(stage.get("generated_tokens", 0))
+
+
+def collect(
+    store: Store,
+    output_uri: str,
+    refs: Sequence[StageRef],
+    shards: int,
+    *,
+    job_name: str,
+    recipe: str,
+    min_score: float | None,
+) -> ReportData:
+    """Everything the summary and the report show, read from the stages' markers."""
+    return ReportData(
+        job_name=job_name,
+        recipe=recipe,
+        output_uri=output_uri,
+        stages=tuple(stage_summary(store, output_uri, ref, shards) for ref in refs),
+        min_score=min_score,
+        token_lengths=tuple(
+            token_lengths(store, output_uri, ref, shards) for ref in refs if ref.kind != "filter"
+        ),
+    )
+
+
+# --- summary --------------------------------------------------------------------------------
+
+
+def top_reasons(stats: Stats, limit: int = TOP_REASONS) -> list[tuple[str, int]]:
+    """The most frequent reject reasons, with the rest summed as 'other'."""
+    ranked = sorted(stats.rejects.items(), key=lambda kv: (-kv[1], kv[0]))
+    top = ranked[:limit]
+    rest = sum(count for _, count in ranked[limit:])
+    return [*top, ("other", rest)] if rest else top
+
+
+def summary_rows(data: ReportData) -> list[dict[str, Any]]:
+    """One row per stage: the numbers both the printed summary and the page show."""
+    rows = []
+    for stage in data.stages:
+        s = stage.stats
+        rows.append(
+            {
+                "stage": stage.kind,
+                "stage_id": stage.stage_id,
+                "shards": f"{stage.committed}/{stage.shards}",
+                "in": s.records_in,
+                "kept": s.kept,
+                "rejected": s.rejected,
+                "top_rejects": top_reasons(s),
+                "prompt_tokens": s.prompt_tokens,
+                "generated_tokens": s.generated_tokens,
+                "seconds": round(s.seconds, 1),
+                "records_per_s": round(stage.records_per_second, 2),
+                "generated_tokens_per_s": round(stage.generated_per_second, 1),
+            }
+        )
+    return rows
+
+
+def summary_text(data: ReportData) -> str:
+    """The summary as plain text for a terminal."""
+    lines = [f"RewriteJob {data.job_name} ({data.recipe}) -> {data.output_uri}"]
+    for row in summary_rows(data):
+        lines.append(
+            f"  {row['stage']:<9} shards {row['shards']:>7}  in {row['in']:>6}  "
+            f"kept {row['kept']:>6}  rejected {row['rejected']:>6}  "
+            f"{row['seconds']:>8.1f} s  {row['records_per_s']:>7.2f} rec/s"
+        )
+        if row["prompt_tokens"] or row["generated_tokens"]:
+            lines.append(
+                f"  {'':<9} tokens: {row['prompt_tokens']} prompt, {row['generated_tokens']} "
+                f"generated ({row['generated_tokens_per_s']:.1f} generated/s)"
+            )
+        if row["top_rejects"]:
+            reasons = ", ".join(f"{reason} {count}" for reason, count in row["top_rejects"])
+            lines.append(f"  {'':<9} rejects: {reasons}")
+    return "\n".join(lines)
+
+
+def summary_json(data: ReportData) -> dict[str, Any]:
+    return {
+        "job": data.job_name,
+        "recipe": data.recipe,
+        "output": data.output_uri,
+        "stages": {
+            stage.kind: {
+                "stage_id": stage.stage_id,
+                "shards": stage.shards,
+                "committed": stage.committed,
+                **stage.stats.to_dict(),
+            }
+            for stage in data.stages
+        },
+    }
+
+
+# --- the page -------------------------------------------------------------------------------
+
+
+def render_html(data: ReportData) -> str:
+    """The report as one self-contained HTML page (plots are embedded PNGs)."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8">',
+        f"<title>Palimpsest report: {html.escape(data.job_name)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:72em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em;"
+        "text-align:right}th{background:#eee}td.l{text-align:left}</style>",
+        "</head><body>",
+        f"<h1>RewriteJob {html.escape(data.job_name)}</h1>",
+        f"<p>Recipe <b>{html.escape(data.recipe)}</b>, output "
+        f"<code>{html.escape(data.output_uri)}</code>.</p>",
+        "<h2>Stages</h2>",
+        _table_html(data),
+    ]
+    plots = _plots_html(data)
+    parts += plots
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _table_html(data: ReportData) -> str:
+    head = (
+        "<tr><th>stage</th><th>shards</th><th>in</th><th>kept</th><th>rejected</th>"
+        "<th>top reject reasons</th><th>prompt tokens</th><th>generated tokens</th>"
+        "<th>seconds</th><th>records/s</th><th>generated tokens/s</th></tr>"
+    )
+    rows = []
+    for row in summary_rows(data):
+        reasons = "<br>".join(
+            f"{html.escape(reason)}: {count}" for reason, count in row["top_rejects"]
+        )
+        rows.append(
+            f'<tr><td class="l" title="{html.escape(row["stage_id"])}">{row["stage"]}</td>'
+            f"<td>{row['shards']}</td><td>{row['in']}</td><td>{row['kept']}</td>"
+            f'<td>{row["rejected"]}</td><td class="l">{reasons}</td>'
+            f"<td>{row['prompt_tokens']}</td><td>{row['generated_tokens']}</td>"
+            f"<td>{row['seconds']}</td><td>{row['records_per_s']}</td>"
+            f"<td>{row['generated_tokens_per_s']}</td></tr>"
+        )
+    return f'<table id="summary">{head}{"".join(rows)}</table>'
+
+
+def _plots_html(data: ReportData) -> list[str]:
+    wanted = data.min_score is not None or any(t.prompt for t in data.token_lengths)
+    if not wanted:
+        return []
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        return [
+            "<p>Plots need matplotlib: <code>pip install 'palimpsest[analyze]'</code>, "
+            "then run the job again (committed stages are not redone).</p>"
+        ]
+    parts = []
+    if data.min_score is not None:
+        parts += [
+            "<h2>Pylint scores</h2>",
+            f'<p id="threshold">Threshold: {data.min_score:g} (kept at or above it). '
+            f"Scores are penalised for comments; samples stopped early once they could "
+            f"no longer pass have no score here.</p>",
+            _img(_score_figure(data.scores, data.min_score), "pylint score histogram"),
+        ]
+    for lengths in data.token_lengths:
+        if lengths.prompt:
+            parts += [
+                f"<h2>Token lengths: {html.escape(lengths.kind)}</h2>",
+                f"<p>{len(lengths.prompt)} requests: prompt tokens (the text before "
+                f"rewriting, inside the stage's instructions) and generated tokens (after).</p>",
+                _img(_lengths_figure(lengths), f"{lengths.kind} token lengths"),
+            ]
+    return parts
+
+
+def _score_figure(scores: Counter[str], threshold: float) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    edges = sorted(scores, key=float)
+    ax.bar(
+        [float(e) for e in edges],
+        [scores[e] for e in edges],
+        width=SCORE_BUCKET,
+        align="edge",
+        color="#4c72b0",
+        edgecolor="white",
+    )
+    ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:g}")
+    ax.set_xlim(0, 10)
+    ax.set_xlabel("penalised pylint score")
+    ax.set_ylabel("records")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _lengths_figure(lengths: TokenLengths) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    top = max([*lengths.prompt, *lengths.generated, 1])
+    bins = [top * i / HISTOGRAM_BINS for i in range(HISTOGRAM_BINS + 1)]
+    ax.hist(lengths.prompt, bins=bins, alpha=0.6, label="before: prompt tokens")
+    ax.hist(lengths.generated, bins=bins, alpha=0.6, label="after: generated tokens")
+    ax.set_xlabel("tokens per record")
+    ax.set_ylabel("records")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _img(fig: Any, alt: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
