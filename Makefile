@@ -16,10 +16,33 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
-# Filter the bundled sample corpus on this machine; outputs land in out/quickstart/.
+# The quickstart: examples/quickstart.yaml (SwallowCode over the bundled sample) on this machine,
+# over its first QUICKSTART_LIMIT records, into out/quickstart/ (report.html, summary.json, one
+# folder per stage). It sets up .venv and the vLLM CPU env, then runs the filter in .venv
+# (pylint), the rewrite stages in the vLLM env, and a last pass in .venv that only reads the
+# markers for the summary and the report's plots. MODEL: a local model folder, or a hub name
+# (needs internet); empty: a tiny random model generated into out/tiny-model (its text is noise).
+MODEL ?=
+QUICKSTART_LIMIT ?= 8
+VLLM_RUN_ENV := VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=WARNING \
+	TOKENIZERS_PARALLELISM=false PYTHONPATH=$(CURDIR)/pipeline
+
 quickstart: setup
-	$(VENV)/bin/palimpsest filter examples/data/python-sample.jsonl.gz out/quickstart/kept.jsonl \
-		--rejects out/quickstart/rejects.jsonl --stats out/quickstart/stats.json
+	@set -euo pipefail; \
+	vllm_py="$$(bash tests/vllm/build_env.sh | tail -n 1)/bin/python"; \
+	model="$(MODEL)"; offline=""; \
+	if [ -z "$$model" ]; then \
+		model="$(CURDIR)/out/tiny-model"; offline="HF_HUB_OFFLINE=1"; \
+		test -f "$$model/config.json" || env $(VLLM_RUN_ENV) HF_HUB_OFFLINE=1 \
+			"$$vllm_py" tests/vllm/tiny_model.py "$$model" --seed 0 >/dev/null; \
+		echo "quickstart: no MODEL given: using a tiny random model (out/tiny-model) whose text" \
+			"is noise, so every rewrite is rejected. With internet, real rewrites:" \
+			"make quickstart MODEL=Qwen/Qwen2.5-Coder-0.5B-Instruct"; \
+	fi; \
+	job="examples/quickstart.yaml --limit $(QUICKSTART_LIMIT) --model $$model"; \
+	$(VENV)/bin/palimpsest run $$job --stages filter --no-report; \
+	env $(VLLM_RUN_ENV) $$offline "$$vllm_py" -m palimpsest.cli run $$job --stages sgcr,scor --no-report; \
+	$(VENV)/bin/palimpsest run $$job
 
 lint: setup
 	$(VENV)/bin/ruff check pipeline operator tests benchmarks

@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "others are read from their markers",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="neither print the summary nor write the report (e.g. when running a subset of "
+        "the stages)",
+    )
 
 
 def options_from(args: argparse.Namespace) -> LocalOptions:
@@ -101,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         close_bars()
-    report(local, time.monotonic() - started)
+    if not args.no_report:
+        report(local, time.monotonic() - started)
     return 0
 
 
