@@ -168,6 +168,9 @@ def rewrite_job(
     gpus = 0
     if engine.type == "vllm":
         gpus = engine.tensor_parallel_size
+        # vLLM's IPC sockets: a UNIX socket path must stay under 108 bytes whatever TMPDIR
+        # is, and /dev/shm (tmpfs, present in every pod) is where such sockets belong.
+        env.append({"name": "VLLM_RPC_BASE_PATH", "value": c.SHM_MOUNT})
         args += [
             "--tensor-parallel-size",
             str(engine.tensor_parallel_size),
@@ -340,7 +343,10 @@ def _container(
         "image": image,
         "command": ["palimpsest"],
         "args": args,
-        "env": [{"name": "TMPDIR", "value": "/tmp"}, {"name": "HOME", "value": "/tmp"}, *env],
+        # /tmp is a writable emptyDir (the root filesystem is read-only); HOME points there
+        # for caches. TMPDIR stays unset: /tmp is the default, and vLLM's IPC socket paths
+        # under it must stay short.
+        "env": [{"name": "HOME", "value": "/tmp"}, *env],
         "resources": resources,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *(mounts or [])],
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -377,10 +383,18 @@ def _s3_args(job: JobSpec) -> list[str]:
 
 
 def _s3_env(job: JobSpec) -> list[dict[str, Any]]:
+    """S3 settings as the AWS SDKs read them (for code that takes no flags, e.g. model
+    downloads from s3://), and the credentials from the storage Secret."""
+    env: list[dict[str, Any]] = []
+    if job.storage.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": job.storage.endpoint})
+    if job.storage.region:
+        env.append({"name": "AWS_DEFAULT_REGION", "value": job.storage.region})
     secret = job.storage.secret_name
     if secret is None:
-        return []
+        return env
     return [
+        *env,
         *(_secret_env(key, secret, key, optional=False) for key in c.S3_SECRET_KEYS),
         *(_secret_env(key, secret, key, optional=True) for key in c.S3_OPTIONAL_SECRET_KEYS),
     ]

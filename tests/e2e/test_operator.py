@@ -636,3 +636,71 @@ def test_suspend_stops_the_pods_and_resume_finishes(
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["records"]["in"] == 16
     assert_status_matches_markers(status)
+
+
+def math_records(count: int) -> list[dict[str, str]]:
+    return [
+        {
+            "id": f"m{i}",
+            "text": f"Question {i}: what is {i} + {i * 3}? Posted 2024-01-0{i % 9 + 1}.",
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("PALIMPSEST_VLLM_ENV"),
+    reason="rewrite pods need the vLLM env: start the test cluster with PALIMPSEST_VLLM_ENV set",
+)
+def test_swallowmath_on_the_tiny_vllm_model(
+    k8s_cluster: Cluster, namespace: str, operator: Operator, tiny_model: Path
+) -> None:
+    """The math stage as a GPU-pool Job: vLLM loaded once per pod over a block of shards."""
+    prefix = f"e2e/{namespace}/vllm"
+    lines = [json.dumps(r) for r in math_records(6)]
+    s3().put_object(
+        Bucket=k8s_cluster.bucket,
+        Key=f"{prefix}/input/part-0.jsonl",
+        Body=("\n".join(lines) + "\n").encode(),
+    )
+    input_uri = f"s3://{k8s_cluster.bucket}/{prefix}/input/"
+    output_uri = f"s3://{k8s_cluster.bucket}/{prefix}/output"
+    for path in sorted(tiny_model.iterdir()):  # the weights come from S3, as in production
+        s3().upload_file(str(path), k8s_cluster.bucket, f"{prefix}/model/{path.name}")
+    rewrite = {
+        "image": "palimpsest/rewrite:test",
+        "shardsPerPod": 2,
+        "sampling": {"maxTokens": 24},
+        "engine": {
+            "type": "vllm",
+            "model": f"s3://{k8s_cluster.bucket}/{prefix}/model",
+            "dtype": "float32",
+            "maxModelLen": 2048,
+            "engineArgs": {"enforce_eager": True, "max_num_seqs": 8},
+        },
+    }
+    spec = {"recipe": "swallowmath", "stages": None, "sharding": {"recordsPerShard": 3}}
+    body = yaml.safe_load(rewrite_job("math", input_uri, output_uri, rewrite=rewrite, **spec))
+    body["spec"].pop("stages")
+    k8s_cluster.apply(yaml.safe_dump(body), namespace)
+    status = wait_until(
+        "the job to succeed",
+        lambda: phase_in(k8s_cluster, namespace, "math", "Succeeded", "Failed"),
+        timeout=480,
+        every=2,
+    )
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert [s["kind"] for s in status["stages"]] == ["math"]
+    assert status["records"]["in"] == 6
+    assert status["tokens"]["generated"] > 0 and status["tokens"]["prompt"] > 0
+    assert_status_matches_markers(status)
+    (job,) = jobs(k8s_cluster, namespace)
+    assert job["spec"]["completions"] == 1  # two shards in one block: one model load
+    pods = k8s_cluster.kubectl(
+        "get", "pods", "-n", namespace, "-l", f"job-name={job['metadata']['name']}", "-o", "json"
+    ).stdout
+    (pod,) = json.loads(pods)["items"]
+    assert pod["spec"]["nodeName"] == "palimpsest-gpu-0"
+    STATUS_DUMP.with_name("e2e-rewritejob-vllm-status.yaml").write_text(
+        k8s_cluster.kubectl("get", "rwj", "math", "-n", namespace, "-o", "yaml").stdout
+    )

@@ -96,6 +96,9 @@ def test_filter_job_shape() -> None:
         "optional": False,
     }
     assert secret_envs["AWS_SESSION_TOKEN"]["optional"] is True
+    plain = {e["name"]: e.get("value") for e in container["env"] if "value" in e}
+    assert plain["AWS_ENDPOINT_URL_S3"] == "http://s3:9000"
+    assert plain["AWS_DEFAULT_REGION"] == "r1"
     assert container["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}
     labels = job["metadata"]["labels"]
     assert labels[c.LABEL_STAGE_ID] == FILTER.stage_id and labels[c.LABEL_JOB] == "demo"
