@@ -1,0 +1,249 @@
+"""`palimpsest run JOB.yaml` end to end on local files.
+
+A filter-only job and a full SwallowCode job (OpenAI engine against the scripted server) run
+in this process; a SwallowMath job runs on the real vLLM CPU engine and the tiny model in the
+vLLM env. Each checks that the summary equals the sums of the markers, that a re-run does no
+work (no new requests, same markers), and that the report is written next to the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from palimpsest.cli import main
+from palimpsest.commit import marker_uri
+from palimpsest.stats import Stats
+from palimpsest.storage import LocalStore
+from tests.support.openai_server import Reply, ScriptedOpenAIServer
+from tests.vllm import env
+
+pytestmark = pytest.mark.integration
+
+STORE = LocalStore()
+GOOD = 6  # records that pass the filter (pylint 10.0)
+
+
+def good_code(i: int) -> str:
+    return (
+        f'"""Helpers for scaling value number {i}."""\n\n\n'
+        f"def scale_value_{i}(scale: int) -> int:\n"
+        f'    """Return the value {i} scaled by the given factor."""\n'
+        f"    return scale * {i} + {i * 7}\n"
+    )
+
+
+def write_code_input(path: Path) -> None:
+    records = [{"id": f"g{i}", "text": good_code(i)} for i in range(GOOD)]
+    records.insert(2, {"id": "bad", "text": "def broken(:\n    pass\n"})
+    records.append({"id": "low", "text": "import os,sys\nx=1\ndef f(a,b):\n  return a\n"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def write_job(path: Path, spec: dict[str, Any], name: str = "local") -> Path:
+    manifest = {
+        "apiVersion": "palimpsest.dev/v1alpha1",
+        "kind": "RewriteJob",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def stage_sums(output: Path, stage_id: str) -> Stats:
+    total = Stats()
+    shard = 0
+    while STORE.exists(marker_uri(str(output / stage_id), shard)):
+        body = json.loads(STORE.read_bytes(marker_uri(str(output / stage_id), shard)))
+        total.merge(Stats.from_dict(body["stats"]))
+        shard += 1
+    return total
+
+
+def check_summary_equals_markers(output: Path) -> dict[str, Any]:
+    summary = json.loads((output / "summary.json").read_text())
+    for stage in summary["stages"].values():
+        sums = stage_sums(output, stage["stage_id"])
+        assert stage["committed"] == stage["shards"]
+        assert stage["records"] == sums.to_dict()["records"]
+        assert stage["rejects"] == sums.to_dict()["rejects"]
+        assert stage["tokens"] == sums.to_dict()["tokens"]
+    return dict(summary)
+
+
+def marker_files(output: Path) -> dict[str, bytes]:
+    """Every file of the stages (markers, parts, plans), not the summary and report."""
+    return {
+        str(p.relative_to(output)): p.read_bytes()
+        for p in output.rglob("*")
+        if p.is_file() and p.name not in ("summary.json", "report.html")
+    }
+
+
+def test_filter_only_job_with_relative_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_code_input(tmp_path / "in.jsonl")
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "recipe": "swallowcode",
+            "stages": ["filter"],
+            "input": {"uri": "in.jsonl"},
+            "output": {"uri": "out"},
+            "sharding": {"recordsPerShard": 3},
+        },
+    )
+    assert main(["run", str(job), "--workers", "1", "--no-progress"]) == 0
+    output = tmp_path / "out"
+    summary = check_summary_equals_markers(output)
+    flt = summary["stages"]["filter"]
+    assert flt["shards"] >= 2
+    assert flt["records"] == {"in": GOOD + 2, "kept": GOOD, "rejected": 2}
+    assert flt["rejects"] == {"low_pylint_score": 1, "syntax_error": 1}
+    page = (output / "report.html").read_text()
+    assert "Threshold: 7 " in page and "data:image/png;base64," in page
+    printed = capsys.readouterr().out
+    assert "syntax_error 1" in printed and f"kept {GOOD:>6}" in printed
+    assert list((output / "_plans").glob("plan-*.json"))
+
+    before = marker_files(output)
+    assert before
+    assert main(["run", str(job), "--workers", "1", "--no-progress"]) == 0
+    assert marker_files(output) == before  # nothing re-ran
+    assert check_summary_equals_markers(output) == summary
+
+
+def code_model(body: dict[str, Any]) -> Reply:
+    """Answers like a model following the SGCR and SCOR prompts."""
+    messages = body["messages"]
+    last = str(messages[-1]["content"])
+    if "reviewer" in str(messages[0]["content"]):
+        answer = f"Score: 6\n\nSuggestions:\n- fine\n\nImproved code:\n```python\n{last}# r\n```\n"
+        return Reply(answer, prompt_tokens=30 + len(last) // 10, completion_tokens=20)
+    return Reply(f"```python\n{last}# o\n```", prompt_tokens=25, completion_tokens=15)
+
+
+@pytest.fixture()
+def server() -> Iterator[ScriptedOpenAIServer]:
+    scripted = ScriptedOpenAIServer()
+    scripted.default = code_model
+    with scripted.run() as running:
+        yield running
+
+
+def test_full_job_on_the_openai_engine(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
+    write_code_input(tmp_path / "in.jsonl")
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "recipe": "swallowcode",
+            "input": {"uri": str(tmp_path / "in.jsonl")},
+            "output": {"uri": str(tmp_path / "elsewhere")},
+            "sharding": {"recordsPerShard": 4},
+            "rewrite": {
+                "engine": {"type": "openai", "model": "scripted", "baseURL": server.base_url},
+                "sampling": {"maxTokens": 256},
+            },
+        },
+    )
+    output = tmp_path / "out"
+    argv = ["run", str(job), "--output", str(output), "--workers", "1", "--no-progress"]
+    assert main(argv) == 0
+    summary = check_summary_equals_markers(output)
+    stages = summary["stages"]
+    assert stages["filter"]["records"]["kept"] == GOOD
+    assert stages["sgcr"]["records"] == {"in": GOOD, "kept": GOOD, "rejected": 0}
+    assert stages["scor"]["records"] == {"in": GOOD, "kept": GOOD, "rejected": 0}
+    assert stages["scor"]["tokens"] == {"prompt": 25 * GOOD, "generated": 15 * GOOD}
+    assert len(server.received) == 2 * GOOD
+    page = (output / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # scores, sgcr and scor token lengths
+    assert not (tmp_path / "elsewhere").exists()
+
+    before = marker_files(output)
+    assert main(argv) == 0
+    assert len(server.received) == 2 * GOOD  # no new requests
+    assert marker_files(output) == before
+
+
+def test_model_that_cannot_load_says_how_to_point_at_a_local_one(
+    vllm_python: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "in.jsonl").write_text('{"id": "m", "text": "1 + 1 = 2"}\n')
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "recipe": "swallowmath",
+            "input": {"uri": str(tmp_path / "in.jsonl")},
+            "output": {"uri": str(tmp_path / "out")},
+            "rewrite": {"engine": {"type": "vllm", "model": "no-such/model"}},
+        },
+    )
+    proc = subprocess.run(
+        [str(vllm_python), "-m", "palimpsest.cli", "run", str(job), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env=env.subprocess_env(),  # offline: the hub name cannot be fetched
+        timeout=300,
+    )
+    assert proc.returncode == 3, proc.stderr[-4000:]
+    assert "could not load the model 'no-such/model'" in proc.stderr
+    assert "--model PATH" in proc.stderr
+
+
+def test_math_job_on_vllm_then_report_in_this_env(
+    vllm_python: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    lines = [
+        {"id": f"m{i}", "text": f"Problem {i}: what is {i} plus {i + 2}? Answer: {2 * i + 2}."}
+        for i in range(4)
+    ]
+    (tmp_path / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "recipe": "swallowmath",
+            "input": {"uri": str(tmp_path / "math.jsonl")},
+            "output": {"uri": str(tmp_path / "out")},
+            "sharding": {"recordsPerShard": 2},
+            "rewrite": {
+                "engine": {
+                    "type": "vllm",
+                    "model": "placeholder",
+                    "maxModelLen": 4096,
+                    "engineArgs": dict(env.CPU_ENGINE_ARGS),
+                },
+                "sampling": {"maxTokens": 16},
+            },
+        },
+    )
+    argv = ["run", str(job), "--model", str(tiny_model), "--no-progress"]
+    proc = subprocess.run(
+        [str(vllm_python), "-m", "palimpsest.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env.subprocess_env(),
+        timeout=480,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    output = tmp_path / "out"
+    summary = check_summary_equals_markers(output)
+    math = summary["stages"]["math"]
+    assert math["records"]["in"] == len(lines)
+    assert math["tokens"]["prompt"] > 0 and math["tokens"]["generated"] > 0
+    assert "math" in proc.stdout
+
+    before = marker_files(output)
+    assert main(argv) == 0  # this env has no vLLM: only a run that starts nothing passes
+    assert marker_files(output) == before
+    page = (output / "report.html").read_text()
+    assert "Token lengths: math" in page and "data:image/png;base64," in page
