@@ -19,6 +19,7 @@ import yaml
 
 from palimpsest.cli import main
 from palimpsest.commit import marker_uri
+from palimpsest.localrun import LocalOptions, load_job
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
 from tests.support.openai_server import Reply, ScriptedOpenAIServer
@@ -26,6 +27,7 @@ from tests.vllm import env
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[2]
 STORE = LocalStore()
 GOOD = 6  # records that pass the filter (pylint 10.0)
 
@@ -200,45 +202,35 @@ def test_model_that_cannot_load_says_how_to_point_at_a_local_one(
     assert "--model PATH" in proc.stderr
 
 
-def test_math_job_on_vllm_then_report_in_this_env(
-    vllm_python: Path, tiny_model: Path, tmp_path: Path
+def test_math_example_on_vllm_then_report_in_this_env(
+    vllm_python: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lines = [
-        {"id": f"m{i}", "text": f"Problem {i}: what is {i} plus {i + 2}? Answer: {2 * i + 2}."}
-        for i in range(4)
+    monkeypatch.chdir(REPO)  # the example's relative paths are taken from the cwd
+    output = tmp_path / "out"
+    argv = [
+        "run",
+        "examples/quickstart-math.yaml",
+        "--model",
+        str(tiny_model),
+        "--output",
+        str(output),
+        "--limit",
+        "6",
+        "--no-progress",
     ]
-    (tmp_path / "math.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    job = write_job(
-        tmp_path / "job.yaml",
-        {
-            "recipe": "swallowmath",
-            "input": {"uri": str(tmp_path / "math.jsonl")},
-            "output": {"uri": str(tmp_path / "out")},
-            "sharding": {"recordsPerShard": 2},
-            "rewrite": {
-                "engine": {
-                    "type": "vllm",
-                    "model": "placeholder",
-                    "maxModelLen": 4096,
-                    "engineArgs": dict(env.CPU_ENGINE_ARGS),
-                },
-                "sampling": {"maxTokens": 16},
-            },
-        },
-    )
-    argv = ["run", str(job), "--model", str(tiny_model), "--no-progress"]
     proc = subprocess.run(
         [str(vllm_python), "-m", "palimpsest.cli", *argv],
         capture_output=True,
         text=True,
         env=env.subprocess_env(),
+        cwd=REPO,
         timeout=480,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    output = tmp_path / "out"
     summary = check_summary_equals_markers(output)
     math = summary["stages"]["math"]
-    assert math["records"]["in"] == len(lines)
+    assert math["shards"] == 2
+    assert math["records"]["in"] == 6
     assert math["tokens"]["prompt"] > 0 and math["tokens"]["generated"] > 0
     assert "math" in proc.stdout
 
@@ -247,3 +239,22 @@ def test_math_job_on_vllm_then_report_in_this_env(
     assert marker_files(output) == before
     page = (output / "report.html").read_text()
     assert "Token lengths: math" in page and "data:image/png;base64," in page
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "quickstart-math.yaml"])
+def test_example_jobs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    path = REPO / "examples" / name
+    job = load_job(path, LocalOptions())
+    assert Path(job.input.uri).is_file()
+    assert job.output_uri == str(REPO / "out" / job.name)
+    assert job.rewrite is not None and job.rewrite.engine.sampling.max_tokens <= 512
+    crd = yaml.safe_load(
+        (REPO / "manifests" / "crd" / "rewritejobs.palimpsest.dev.yaml").read_text()
+    )
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec = yaml.safe_load(path.read_text())["spec"]
+    assert set(schema["required"]) <= set(spec)
+    engine_schema = schema["properties"]["rewrite"]["properties"]["engine"]
+    assert set(engine_schema["required"]) <= set(spec["rewrite"]["engine"])
+    assert set(spec) <= set(schema["properties"])
