@@ -16,9 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from botocore.exceptions import BotoCoreError, ClientError
+from kubernetes.client.exceptions import ApiException
 
 from palimpsest.jobspec import JobSpec
-from palimpsest.storage import is_s3
+from palimpsest.storage import StorageError, is_s3
 from palimpsest_operator import constants as c
 from palimpsest_operator import metrics
 from palimpsest_operator.config import CONFIG
@@ -26,6 +28,15 @@ from palimpsest_operator.kube import KubeCluster, load_config
 from palimpsest_operator.reconcile import Resource, reconcile
 from palimpsest_operator.status import merge_patch
 from palimpsest_operator.storage import JobStorage, job_storage
+
+TEMPORARY: tuple[type[BaseException], ...] = (
+    StorageError,
+    BotoCoreError,
+    ClientError,
+    ApiException,
+    OSError,
+)
+"""Errors a later tick may not meet again (network, throttling, a restarting endpoint)."""
 
 _STORAGES: dict[tuple[Any, ...], JobStorage] = {}
 _STORAGES_LOCK = threading.Lock()
@@ -68,7 +79,15 @@ def tick(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> N
     started = time.monotonic()
     old_status = dict(body.get("status") or {})
     resource = Resource(manifest=dict(body), status=old_status)
-    result = reconcile(resource, cluster(), storage_for)
+    try:
+        result = reconcile(resource, cluster(), storage_for)
+    except TEMPORARY as exc:
+        # S3 or the API server hiccuped: say so in status and try again next tick; the
+        # counting checkpoint is untouched, so nothing is lost or counted twice.
+        message = f"temporary error, retrying: {type(exc).__name__}: {exc}"[:1000]
+        if old_status.get("message") != message:
+            patch.status["message"] = message
+        raise kopf.TemporaryError(message, delay=CONFIG.tick_seconds) from exc
     changes = merge_patch(old_status, result.status)
     if changes:
         patch.status.update(changes)

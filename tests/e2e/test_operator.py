@@ -704,3 +704,26 @@ def test_swallowmath_on_the_tiny_vllm_model(
     STATUS_DUMP.with_name("e2e-rewritejob-vllm-status.yaml").write_text(
         k8s_cluster.kubectl("get", "rwj", "math", "-n", namespace, "-o", "yaml").stdout
     )
+
+
+def test_dry_run_plans_only_and_storage_errors_show_in_status(
+    k8s_cluster: Cluster, namespace: str, operator: Operator
+) -> None:
+    prefix = f"e2e/{namespace}/dry"
+    input_uri = write_input(k8s_cluster.bucket, prefix, records=12)
+    output_uri = f"s3://{k8s_cluster.bucket}/{prefix}/output"
+    k8s_cluster.apply(rewrite_job("dry", input_uri, output_uri, dryRun=True), namespace)
+    unreachable = rewrite_job("lost", "s3://no-such-bucket/in/", "s3://no-such-bucket/out")
+    k8s_cluster.apply(unreachable, namespace)
+
+    status = wait_until("the dry run", lambda: phase_in(k8s_cluster, namespace, "dry", "Succeeded"))
+    assert status["dryRun"]["shards"] == 3 and status["dryRun"]["estRecords"] == 12
+    assert status["dryRun"]["estTokens"] > 0
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Ready"] == "DryRun"
+
+    def lost_message() -> str | None:
+        message = str((rwj(k8s_cluster, namespace, "lost").get("status") or {}).get("message"))
+        return message if "temporary error" in message else None
+
+    assert "NoSuchBucket" in wait_until("the storage error in status", lost_message)
+    assert jobs(k8s_cluster, namespace) == []
