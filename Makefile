@@ -17,13 +17,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The quickstart: examples/quickstart.yaml (SwallowCode over the bundled sample) on this machine,
-# over its first QUICKSTART_LIMIT records, into out/quickstart/ (report.html, summary.json, one
+# over its first QUICKSTART_LIMIT records, into QUICKSTART_OUTPUT (report.html, summary.json, one
 # folder per stage). It sets up .venv and the vLLM CPU env, then runs the filter in .venv
 # (pylint), the rewrite stages in the vLLM env, and a last pass in .venv that only reads the
 # markers for the summary and the report's plots. MODEL: a local model folder, or a hub name
 # (needs internet); empty: a tiny random model generated into out/tiny-model (its text is noise).
 MODEL ?=
 QUICKSTART_LIMIT ?= 8
+QUICKSTART_OUTPUT ?= out/quickstart
 VLLM_RUN_ENV := VLLM_TARGET_DEVICE=cpu VLLM_CPU_KVCACHE_SPACE=1 VLLM_LOGGING_LEVEL=WARNING \
 	TOKENIZERS_PARALLELISM=false PYTHONPATH=$(CURDIR)/pipeline
 
@@ -40,6 +41,7 @@ quickstart: setup
 			"make quickstart MODEL=Qwen/Qwen2.5-Coder-0.5B-Instruct"; \
 	fi; \
 	job="examples/quickstart.yaml --limit $(QUICKSTART_LIMIT) --model $$model"; \
+	job="$$job --output $(QUICKSTART_OUTPUT)"; \
 	$(VENV)/bin/palimpsest run $$job --stages filter --no-report; \
 	env $(VLLM_RUN_ENV) $$offline "$$vllm_py" -m palimpsest.cli run $$job --stages sgcr,scor --no-report; \
 	$(VENV)/bin/palimpsest run $$job

@@ -258,3 +258,34 @@ def test_example_jobs_are_valid(name: str, monkeypatch: pytest.MonkeyPatch) -> N
     engine_schema = schema["properties"]["rewrite"]["properties"]["engine"]
     assert set(engine_schema["required"]) <= set(spec["rewrite"]["engine"])
     assert set(spec) <= set(schema["properties"])
+
+
+def test_make_quickstart_on_the_tiny_model(
+    vllm_python: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The README's quickstart command, offline: MODEL points at a local model."""
+    output = tmp_path / "quickstart"
+    proc = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "quickstart",
+            f"MODEL={tiny_model}",
+            f"QUICKSTART_OUTPUT={output}",
+            "QUICKSTART_LIMIT=6",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env.subprocess_env(),
+        timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = check_summary_equals_markers(output)
+    assert summary["stages"]["filter"]["records"]["in"] == 6
+    assert (
+        summary["stages"]["sgcr"]["records"]["in"] == summary["stages"]["filter"]["records"]["kept"]
+    )
+    assert proc.stdout.count("RewriteJob quickstart (swallowcode)") == 1  # one summary, at the end
+    page = (output / "report.html").read_text()
+    assert "Threshold: 7 " in page and page.count("data:image/png;base64,") >= 2
