@@ -56,9 +56,9 @@ PLANS_DIR: Final = "_plans"
 LIMITED_DIR: Final = "_limited"
 """Where `limit` keeps its copy of the input's first records under the output URI."""
 
-Progress = Callable[[str, int, int], Callable[[int], None]]
-"""(stage kind, position among the run's stages, expected records) -> a callback taking the
-number of records just finished; the CLI backs it with tqdm bars, tests with nothing."""
+Progress = Callable[[str, int, int | None], Callable[[int], None]]
+"""(stage kind, position among the run's stages, expected records or None when unknown) -> a
+callback taking the number of records just finished; the CLI backs it with tqdm bars."""
 
 
 class LocalRunError(RuntimeError):
@@ -268,24 +268,35 @@ def run_rewrite(local: LocalJob, group: Sequence[StageRef], progress: Progress |
         return
     check_engine_tools(spec)
     expected = expected_rewrite_records(local, group[0], shards)
-    ticks = {
-        ref.kind: progress(ref.kind, i, expected) if progress else None
-        for i, ref in enumerate(group)
-    }
+
+    def open_ticks() -> dict[str, Callable[[int], None]]:
+        """Bars for the stages, once the model is loaded (later stages' totals are unknown)."""
+        if progress is None:
+            return {}
+        return {
+            ref.kind: progress(ref.kind, i, expected if i == 0 else None)
+            for i, ref in enumerate(group)
+        }
+
     inputs = shard_inputs(local.store, local.plan, job.output_uri, spec.input_stage)
-    engine = CountingEngine(make_engine(spec.engine), ticks)
+    engine = CountingEngine(make_engine(spec.engine))
     runner = RewriteRunner(engine, local.store, job.output_uri, plans, inputs, spec.fields.id)
-    asyncio.run(_run_runner(engine, runner, shards, spec.engine.model))
+    asyncio.run(_run_runner(engine, runner, shards, spec.engine.model, open_ticks))
 
 
 async def _run_runner(
-    engine: Engine, runner: RewriteRunner, shards: Sequence[int], model: str
+    engine: CountingEngine,
+    runner: RewriteRunner,
+    shards: Sequence[int],
+    model: str,
+    open_ticks: Callable[[], dict[str, Callable[[int], None]]],
 ) -> None:
     try:
         await engine.start()
     except EngineDeadError as exc:
         await engine.close()
         raise LocalRunError(model_load_hint(model, exc)) from exc
+    engine.ticks = open_ticks()
     try:
         await runner.run(shards)
     finally:
@@ -334,9 +345,9 @@ class CountingEngine(Engine):
     Requests carry the stage kind as the prefix of their id (`kind:key`), so one wrapper
     serves every stage of the group."""
 
-    def __init__(self, inner: Engine, ticks: Mapping[str, Callable[[int], None] | None]) -> None:
+    def __init__(self, inner: Engine) -> None:
         self.inner = inner
-        self.ticks = ticks
+        self.ticks: Mapping[str, Callable[[int], None]] = {}
         self.max_in_flight = inner.max_in_flight
 
     async def start(self) -> None:

@@ -18,11 +18,12 @@ import pytest
 import yaml
 
 from palimpsest.cli import main
-from palimpsest.commit import marker_uri
+from palimpsest.commit import marker_uri, read_marker
 from palimpsest.localrun import LocalOptions, load_job
 from palimpsest.stats import Stats
-from palimpsest.storage import LocalStore
+from palimpsest.storage import LocalStore, S3Settings, S3Store
 from tests.support.openai_server import Reply, ScriptedOpenAIServer
+from tests.support.s3server import S3Server
 from tests.vllm import env
 
 pytestmark = pytest.mark.integration
@@ -122,6 +123,38 @@ def test_filter_only_job_with_relative_paths(
     assert main(["run", str(job), "--workers", "1", "--no-progress"]) == 0
     assert marker_files(output) == before  # nothing re-ran
     assert check_summary_equals_markers(output) == summary
+
+
+def test_filter_job_on_s3(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    store = S3Store(S3Settings(endpoint_url=s3_server.endpoint))
+    write_code_input(tmp_path / "in.jsonl")
+    store.put_bytes(f"s3://{s3_bucket}/in/code.jsonl", (tmp_path / "in.jsonl").read_bytes())
+    output = f"s3://{s3_bucket}/out"
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "recipe": "swallowcode",
+            "stages": ["filter"],
+            "input": {"uri": f"s3://{s3_bucket}/in/"},
+            "output": {"uri": output},
+            "storage": {"endpoint": s3_server.endpoint},
+            "sharding": {"recordsPerShard": 4},
+        },
+    )
+    assert main(["run", str(job), "--workers", "1", "--no-progress"]) == 0
+    summary = json.loads(store.read_bytes(f"{output}/summary.json"))
+    stage = summary["stages"]["filter"]
+    total = Stats()
+    for shard in range(stage["shards"]):
+        marker = read_marker(store, f"{output}/{stage['stage_id']}", shard)
+        assert marker is not None
+        total.merge(marker.stats)
+    assert stage["records"] == total.to_dict()["records"]
+    assert stage["records"] == {"in": GOOD + 2, "kept": GOOD, "rejected": 2}
+    assert b"Threshold: 7 " in store.read_bytes(f"{output}/report.html")
+    before = {o.uri: o.etag for o in store.list(output) if "/_markers/" in o.uri}
+    assert main(["run", str(job), "--workers", "1", "--no-progress"]) == 0
+    assert {o.uri: o.etag for o in store.list(output) if "/_markers/" in o.uri} == before
 
 
 def code_model(body: dict[str, Any]) -> Reply:

@@ -150,7 +150,7 @@ def tqdm_progress(enabled: bool) -> tuple[Progress, Callable[[], None]]:
 
     bars: list[Any] = []
 
-    def open_bar(kind: str, position: int, total: int) -> Callable[[int], None]:
+    def open_bar(kind: str, position: int, total: int | None) -> Callable[[int], None]:
         bar = tqdm(
             total=total,
             desc=f"{kind:<9}",
