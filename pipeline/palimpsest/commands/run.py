@@ -141,7 +141,7 @@ def report(local: LocalJob, seconds: float) -> None:
     )
     local.store.put_bytes(report_uri, render_html(data).encode("utf-8"))
     print(summary_text(data))
-    print(f"  this run took {seconds:.1f} s; report: {report_uri}")
+    print(f"  report: {report_uri} (this invocation: {seconds:.1f} s)")
 
 
 def tqdm_progress(enabled: bool) -> tuple[Progress, Callable[[], None]]:
