@@ -222,7 +222,8 @@ class Tick:
             if not blocked:
                 candidates = self.candidates(jv, total)
                 for ref, tally in zip(group, tallies, strict=True):
-                    added += advance(tally, storage, ref.uri(job.output_uri), candidates)
+                    scan = needs_scan(jv, ref.stage_id in checkpoint, tally)
+                    added += advance(tally, storage, ref.uri(job.output_uri), candidates, scan)
             complete = all(t.complete for t in tallies)
             state = c.STAGE_SUCCEEDED if complete else c.STAGE_WAITING
             if not complete and not blocked:
@@ -541,6 +542,17 @@ class Tick:
 
     def result(self) -> TickResult:
         return TickResult(self.status, self.events)
+
+
+def needs_scan(jv: JobView | None, checkpointed: bool, tally: Tally) -> bool:
+    """Whether a tick also walks the stage's marker listing (one page after the cursor).
+
+    While the stage's Job runs, its completed indexes name every newly committed shard, so
+    the listing is only walked when no running Job speaks for the stage (none exists, e.g.
+    outputs of an earlier run, or it finished), when the stage is first seen (no checkpoint
+    yet), and until a walk that has started reaches the end of the listing.
+    """
+    return jv is None or jv.finished is not None or not checkpointed or tally.cursor >= 0
 
 
 def stage_groups(refs: Sequence[StageRef]) -> list[list[StageRef]]:
