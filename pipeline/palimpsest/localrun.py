@@ -153,6 +153,13 @@ def prepare(job: JobSpec, options: LocalOptions) -> LocalJob:
     except ValueError as exc:
         raise LocalRunError(f"spec.input.uri: {exc}") from exc
     store.put_bytes(join(job.output_uri, PLANS_DIR, f"plan-{plan.plan_id}.json"), plan.to_json())
+    if job.rewrite is not None and job.rewrite.prompts_config_map:
+        log.warning(
+            "spec.rewrite.prompts.configMapName %s: there are no ConfigMaps here; the prompts "
+            "come from $PALIMPSEST_PROMPTS_DIR or the built-in files (stage ids follow the "
+            "prompt text, so they match the cluster's when the texts do)",
+            job.rewrite.prompts_config_map,
+        )
     refs = job_stage_refs(job, plan.plan_id, load_job_prompts(job))
     return LocalJob(job, plan, refs, store)
 

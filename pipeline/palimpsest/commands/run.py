@@ -96,6 +96,13 @@ def run(args: argparse.Namespace) -> int:
     except (LocalRunError, PromptError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if local.job.dry_run:
+        print(
+            f"planned {len(local.plan.shards)} shards (~{local.plan.est_records} records) of "
+            f"{local.job.input.uri}; stages {', '.join(r.stage_id for r in local.refs)}; "
+            "nothing run (spec.dryRun)"
+        )
+        return 0
     progress, close_bars = tqdm_progress(enabled=not args.no_progress)
     try:
         run_job(local, options, progress)
