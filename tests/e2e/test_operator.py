@@ -168,6 +168,10 @@ def operator(k8s_cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[O
     try:
         yield running
     finally:
+        # delete the jobs while the operator runs, so that it releases its finalizer
+        k8s_cluster.kubectl(
+            "delete", "rwj", "--all", "-n", namespace, "--timeout=60s", check=False, timeout=90
+        )
         running.stop()
         # on failure, the log is the first thing to read
         sys.stdout.write(running.log.read_text(errors="replace")[-4000:])
