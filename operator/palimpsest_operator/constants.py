@@ -37,7 +37,6 @@ PHASES: Final = (PENDING, PLANNING, FILTERING, REWRITING, SUCCEEDED, FAILED, SUS
 
 # Condition types (status.conditions).
 COND_READY: Final = "Ready"  # True once every stage committed every shard
-COND_PLANNED: Final = "Planned"
 COND_PROGRESSING: Final = "Progressing"
 COND_FAILED: Final = "Failed"
 COND_SUSPENDED: Final = "Suspended"
@@ -50,7 +49,6 @@ REASON_STORAGE_ERROR: Final = "StorageError"
 REASON_JOB_CREATED: Final = "JobCreated"
 REASON_STAGE_RUNNING: Final = "StageRunning"
 REASON_STAGE_SUCCEEDED: Final = "StageSucceeded"
-REASON_STAGE_REUSED: Final = "StageReused"
 REASON_SHARDS_FAILED: Final = "ShardsFailed"
 REASON_SUCCEEDED: Final = "Succeeded"
 REASON_DRY_RUN: Final = "DryRun"
