@@ -362,8 +362,8 @@ class Tick:
             job=name if jv is not None or state in (c.STAGE_RUNNING, c.STAGE_FAILED) else None,
             state=state,
             tally=tally,
-            running=jv.active if jv and state != c.STAGE_SUCCEEDED else 0,
-            failed=count_indexes(jv.failed_indexes) if jv else 0,
+            running=running_shards(jv, tally) if state != c.STAGE_SUCCEEDED else 0,
+            failed=failed_shards(jv, tally),
             started_at=started,
             finished_at=finished,
         )
@@ -542,6 +542,21 @@ class Tick:
 
     def result(self) -> TickResult:
         return TickResult(self.status, self.events)
+
+
+def running_shards(jv: JobView | None, tally: Tally) -> int:
+    """Shards in the hands of running pods (a rewrite pod holds a block of them)."""
+    if jv is None:
+        return 0
+    return min(jv.active * jv.shards_per_index, tally.total - tally.count)
+
+
+def failed_shards(jv: JobView | None, tally: Tally) -> int:
+    """Uncommitted shards of the Job's failed indexes."""
+    if jv is None:
+        return 0
+    failed = shards_of_indexes(parse_indexes(jv.failed_indexes), jv.shards_per_index, tally.total)
+    return len(tally.missing(failed))
 
 
 def needs_scan(jv: JobView | None, checkpointed: bool, tally: Tally) -> bool:

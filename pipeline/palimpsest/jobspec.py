@@ -384,6 +384,9 @@ def _engine(data: Mapping[str, Any], sampling: Mapping[str, Any], where: str) ->
             )
     try:
         values["sampling"] = SamplingSettings(**sampling_values)
+    except ValueError as exc:
+        raise ValueError(f"{sampling_where}: {exc}") from exc
+    try:
         return EngineSettings(**values)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc

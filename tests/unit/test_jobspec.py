@@ -131,7 +131,7 @@ def test_filter_only_job_needs_no_rewrite_section() -> None:
         ),
         (
             {"rewrite": {"engine": {"type": "vllm", "model": "m"}, "sampling": {"topP": 0}}},
-            "spec.rewrite.engine",
+            "spec.rewrite.sampling: sampling.top_p",
         ),
         (
             {"rewrite": {"engine": {"type": "vllm", "model": "m"}, "sampling": {"maxTokens": 0}}},

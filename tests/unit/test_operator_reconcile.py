@@ -298,7 +298,15 @@ def test_rewrite_follows_the_filter_and_prompt_edits_rerun_only_scor(tmp_path: P
     assert h.status["phase"] == c.REWRITING
     rewrite_job = next(n for n in h.cluster.jobs if n != filter_job)
     assert h.cluster.manifests[rewrite_job]["spec"]["completions"] == 2
-    h.cluster.jobs[rewrite_job] = replace(h.cluster.jobs[rewrite_job], shards_per_index=2)
+    h.cluster.jobs[rewrite_job] = replace(
+        h.cluster.jobs[rewrite_job], shards_per_index=2, active=1, failed_indexes="1"
+    )
+    h.tick()
+    # one pod holds a block of two shards; the failed index 1 holds shard 2 only
+    assert h.status["shards"] == {"total": 3, "succeeded": 0, "failed": 1, "running": 2}
+    h.cluster.jobs[rewrite_job] = replace(
+        h.cluster.jobs[rewrite_job], active=0, failed_indexes=None
+    )
     for shard in range(3):
         h.commit(shard, "sgcr")
         h.commit(shard, "scor")
