@@ -109,13 +109,13 @@ def token_lengths(store: Store, output_uri: str, ref: StageRef, shards: int) -> 
     prompt: list[int] = []
     generated: list[int] = []
     for shard in range(shards):
+        if len(prompt) >= MAX_RECORDS_PER_STAGE:
+            break
         marker = read_marker(store, ref.uri(output_uri), shard)
         if marker is None:
             continue
         for kind in ("output", REJECTS_KIND):
             for raw in read_committed(store, marker, kind):
-                if len(prompt) >= MAX_RECORDS_PER_STAGE:
-                    break
                 counts = _stage_tokens(raw.record, ref.kind)
                 if counts is not None:
                     prompt.append(counts[0])
