@@ -308,6 +308,7 @@ def _plots_html(data: ReportData) -> list[str]:
 
 def _score_figure(scores: Counter[str], threshold: float) -> Any:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     edges = sorted(scores, key=float)
@@ -323,6 +324,7 @@ def _score_figure(scores: Counter[str], threshold: float) -> Any:
     ax.set_xlim(0, 10)
     ax.set_xlabel("penalised pylint score")
     ax.set_ylabel("records")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
     return fig
@@ -330,6 +332,7 @@ def _score_figure(scores: Counter[str], threshold: float) -> Any:
 
 def _lengths_figure(lengths: TokenLengths) -> Any:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     top = max([*lengths.prompt, *lengths.generated, 1])
@@ -338,6 +341,7 @@ def _lengths_figure(lengths: TokenLengths) -> Any:
     ax.hist(lengths.generated, bins=bins, alpha=0.6, label="after: generated tokens")
     ax.set_xlabel("tokens per record")
     ax.set_ylabel("records")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
     return fig
