@@ -49,6 +49,7 @@ REASON_STORAGE_ERROR: Final = "StorageError"
 REASON_JOB_CREATED: Final = "JobCreated"
 REASON_STAGE_RUNNING: Final = "StageRunning"
 REASON_STAGE_SUCCEEDED: Final = "StageSucceeded"
+REASON_STAGE_REUSED: Final = "StageReused"
 REASON_SHARDS_FAILED: Final = "ShardsFailed"
 REASON_SUCCEEDED: Final = "Succeeded"
 REASON_DRY_RUN: Final = "DryRun"
@@ -63,6 +64,8 @@ STAGE_WAITING: Final = "Waiting"
 STAGE_RUNNING: Final = "Running"
 STAGE_SUCCEEDED: Final = "Succeeded"
 STAGE_FAILED: Final = "Failed"
+STAGE_REUSED: Final = "Reused"  # complete on S3 before this RewriteJob ran it
+STAGE_DONE: Final = (STAGE_SUCCEEDED, STAGE_REUSED)
 
 # Where worker pods find mounted things.
 PROMPTS_MOUNT: Final = "/etc/palimpsest/prompts"

@@ -248,7 +248,7 @@ class Tick:
         self.status.update(totals(views))
         self.status.pop("throughput", None)
         self.status.pop("etaSeconds", None)
-        running = next((v for v in views if v.state != c.STAGE_SUCCEEDED), views[-1])
+        running = next((v for v in views if v.state not in c.STAGE_DONE), views[-1])
         self.status["shards"] = current_shards(running)
         if phase in (c.FILTERING, c.REWRITING):
             base = (self.old.get("baseline") or {}).get(running.stage_id)
@@ -347,13 +347,16 @@ class Tick:
         state: str,
         previous: Mapping[str, Any],
     ) -> StageView:
+        first_seen_done = previous.get("state") in (None, c.STAGE_REUSED)
+        if state == c.STAGE_SUCCEEDED and jv is None and first_seen_done:
+            state = c.STAGE_REUSED  # complete on S3 before this job ran it
         started = previous.get("startedAt")
         if state == c.STAGE_RUNNING and not started:
             started = iso(self.now)
         finished = previous.get("finishedAt")
-        if state == c.STAGE_SUCCEEDED and not finished:
+        if state in c.STAGE_DONE and not finished:
             finished = iso(self.now)
-        if state != c.STAGE_SUCCEEDED:
+        if state not in c.STAGE_DONE:
             finished = None
         return StageView(
             kind=ref.kind,
@@ -362,7 +365,7 @@ class Tick:
             job=name if jv is not None or state in (c.STAGE_RUNNING, c.STAGE_FAILED) else None,
             state=state,
             tally=tally,
-            running=running_shards(jv, tally) if state != c.STAGE_SUCCEEDED else 0,
+            running=running_shards(jv, tally) if state not in c.STAGE_DONE else 0,
             failed=failed_shards(jv, tally),
             started_at=started,
             finished_at=finished,
@@ -516,6 +519,12 @@ class Tick:
                     "Normal",
                     c.REASON_STAGE_SUCCEEDED,
                     f"{v.kind} ({v.stage_id}) committed all {v.tally.total} shards",
+                )
+            elif v.state == c.STAGE_REUSED:
+                self.emit(
+                    "Normal",
+                    c.REASON_STAGE_REUSED,
+                    f"{v.kind} ({v.stage_id}) reused: all {v.tally.total} shards already on S3",
                 )
             elif v.state == c.STAGE_FAILED:
                 self.emit("Warning", c.REASON_SHARDS_FAILED, f"{v.kind} ({v.stage_id}) failed")

@@ -197,6 +197,7 @@ def test_restart_rebuilds_counts_from_markers_without_double_counting(tmp_path: 
     h.tick()
     assert h.status["phase"] == c.SUCCEEDED and h.status["records"]["in"] == 6
     assert not h.cluster.jobs  # a stage complete on S3 launches nothing
+    assert h.status["stages"][0]["state"] == c.STAGE_REUSED
 
 
 def test_spec_edit_reruns_the_changed_stage_and_deletes_the_stale_job(tmp_path: Path) -> None:
