@@ -241,11 +241,9 @@ def run_filter(
     tick = progress("filter", 0, expected) if progress else None
     with LintPool(settings.workers, settings.time_limit) as pool:
         for shard in shards:
-            result = run_filter_shard(
-                local.store, local.plan, shard, local.job.output_uri, settings, pool
+            run_filter_shard(
+                local.store, local.plan, shard, local.job.output_uri, settings, pool, tick
             )
-            if tick:
-                tick(result.stats.records_in)
 
 
 def rewrite_spec(job: JobSpec, group: Sequence[StageRef]) -> RewriteSpec:

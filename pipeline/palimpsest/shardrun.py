@@ -8,6 +8,7 @@ that goes wrong before the commit leaves no marker, so nothing of the attempt co
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from palimpsest.commit import ShardOutput, read_marker
@@ -41,7 +42,9 @@ def run_filter_shard(
     output_uri: str,
     settings: FilterSettings,
     pool: LintPool,
+    progress: Callable[[int], None] | None = None,
 ) -> ShardResult:
+    """Filter shard `index` of `plan`; `progress` is called with 1 per finished record."""
     if not 0 <= index < len(plan.shards):
         raise IndexError(f"shard index {index} outside the plan's 0..{len(plan.shards) - 1}")
     sid = filter_stage_id(plan.plan_id, settings)
@@ -54,7 +57,7 @@ def run_filter_shard(
     stats = Stats()
     try:
         CodeFilter(settings, pool).run(
-            plan.shards[index].read(store), out.write, out.write_reject, stats
+            plan.shards[index].read(store), out.write, out.write_reject, stats, progress
         )
     except BaseException:
         out.abort()
