@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import math
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
@@ -179,10 +180,18 @@ class Engine(abc.ABC):
     async def close(self) -> None:
         """Release the model and connections. Safe to call more than once."""
 
+    _started_at: float | None = None
+    """monotonic() when `start()` began; set by implementations."""
+    _closed_at: float | None = None
+    """monotonic() when `close()` finished, None while running; set by implementations."""
+
     @property
-    @abc.abstractmethod
     def engine_seconds(self) -> float:
         """Wall-clock seconds since `start()` began (loading included), frozen at `close()`."""
+        if self._started_at is None:
+            return 0.0
+        end = self._closed_at if self._closed_at is not None else time.monotonic()
+        return end - self._started_at
 
     @property
     @abc.abstractmethod

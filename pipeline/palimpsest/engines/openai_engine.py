@@ -126,13 +126,6 @@ class OpenAIEngine(Engine):
             self._closed_at = time.monotonic()
 
     @property
-    def engine_seconds(self) -> float:
-        if self._started_at is None:
-            return 0.0
-        end = self._closed_at if self._closed_at is not None else time.monotonic()
-        return end - self._started_at
-
-    @property
     def gpus(self) -> int:
         return 0  # the server's GPUs are not ours to count
 

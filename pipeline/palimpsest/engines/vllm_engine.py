@@ -146,13 +146,6 @@ class VllmEngine(Engine):
         return self._max_model_len - self.settings.sampling.max_tokens
 
     @property
-    def engine_seconds(self) -> float:
-        if self._started_at is None:
-            return 0.0
-        end = self._closed_at if self._closed_at is not None else time.monotonic()
-        return end - self._started_at
-
-    @property
     def gpus(self) -> int:
         return 0 if self._on_cpu else self.settings.tensor_parallel_size
 
