@@ -261,9 +261,23 @@ class RecordWriter:
             table = pa.Table.from_pylist(self._batch)
             self._parquet_writer = pq.ParquetWriter(str(self._path), table.schema)
         else:
-            table = pa.Table.from_pylist(self._batch, schema=self._parquet_writer.schema)
+            schema = self._parquet_writer.schema
+            self._check_fields(set(schema.names))
+            table = pa.Table.from_pylist(self._batch, schema=schema)
         self._parquet_writer.write_table(table)
         self._batch = []
+
+    def _check_fields(self, known: set[str]) -> None:
+        """A Parquet file has one schema: a field first seen after the first batch would be
+        dropped, so it is an error instead."""
+        for record in self._batch:
+            extra = record.keys() - known
+            if extra:
+                raise ValueError(
+                    f"{self.uri}: field(s) {sorted(extra)} first appear after the first "
+                    f"{PARQUET_BATCH_ROWS} records, so they are not in the Parquet schema; "
+                    "write JSONL instead"
+                )
 
     def close(self) -> int:
         """Finish the file and upload it; returns its size in bytes."""

@@ -82,3 +82,12 @@ def test_compressed_objects_cannot_be_split(tmp_path: Path) -> None:
 def test_unknown_format_names_the_object() -> None:
     with pytest.raises(ValueError, match=r"data\.csv"):
         format_of("s3://b/data.csv")
+
+
+def test_parquet_refuses_fields_it_would_drop(tmp_path: Path) -> None:
+    writer = RecordWriter(STORE, str(tmp_path / "out.parquet"))
+    for i in range(1024):
+        writer.write({"id": i, "text": "x"})
+    writer.write({"id": -1, "text": "y", "late": True})
+    with pytest.raises(ValueError, match="late"):
+        writer.close()
