@@ -384,7 +384,11 @@ class PodRunner(threading.Thread):
         if kubeconfig is not None and not any(path == TOKEN_MOUNT for path, _ in mounts):
             kubeconfig = None  # the token volume exists but this container does not mount it
         rewrite = rewriter(mounts)
-        env = {key: rewrite(value) for key, value in env.items()}
+        # Only values the pod spec gave are container paths; the kubelet's own (PATH, HOME,
+        # TMPDIR, the image's variables) are host paths and must not be rewritten.
+        env = {
+            key: value if base.get(key) == value else rewrite(value) for key, value in env.items()
+        }
         if kubeconfig is not None:
             env.setdefault("KUBECONFIG", str(kubeconfig))
         argv = [rewrite(part) for part in command_line(container, env)]
