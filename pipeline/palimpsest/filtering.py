@@ -56,11 +56,13 @@ class FilterSettings:
             raise ValueError(f"filter.parallelism must be >= 1, got {self.workers}")
 
     def identity(self) -> dict[str, Any]:
-        """The settings that decide which records are kept (workers and time limits do not...
-        except that a time limit decides which slow samples are rejected, so it is included)."""
+        """The settings that decide the stage's output, for its stage id. The number of workers
+        does not; the time limit does (it decides which slow samples are rejected), and so does
+        `exact_scores` (it decides whether rejects carry a score or a bound)."""
         return {
             "min_score": self.min_score,
             "time_limit": self.time_limit,
+            "exact_scores": self.exact_scores,
             "repetition": self.repetition,
             "text_field": self.fields.text,
         }
