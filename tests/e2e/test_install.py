@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from tests.cluster.fixtures import Cluster
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -26,16 +26,6 @@ GOOD = (
     '"""Module."""\n\n\ndef add(left: int, right: int) -> int:\n'
     '    """Add."""\n    return left + right\n'
 )
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 300) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture()
@@ -148,7 +138,7 @@ def test_a_rewrite_job_applied_after_helm_install_succeeds(
         status = body.get("status") or {}
         return status if status.get("phase") in ("Succeeded", "Failed") else None
 
-    status = wait_for("the RewriteJob to finish", finished)
+    status = wait_until("the RewriteJob to finish", finished, timeout=300)
     assert status["phase"] == "Succeeded", status
     assert status["records"] == {"in": 6, "kept": 3, "rejected": 3}
 

@@ -15,9 +15,9 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 import pytest
@@ -26,27 +26,15 @@ import yaml
 from tests.cluster.fixtures import Cluster
 from tests.support.openai_server import Reply, ScriptedOpenAIServer
 from tests.support.s3server import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "manifests" / "crd" / "rewritejobs.palimpsest.dev.yaml"
 OPERATOR = REPO / ".venv" / "bin" / "palimpsest-operator"
 PROMPTS = REPO / "prompts"
 STATUS_DUMP = REPO / ".cluster" / "logs" / "e2e-rewritejob-status.yaml"
-
-
-def wait_until(
-    what: str, probe: Callable[[], T | None], timeout: float = 180, every: float = 1.0
-) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class Operator:

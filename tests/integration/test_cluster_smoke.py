@@ -9,37 +9,23 @@ for their service account. Each test runs in its own namespace.
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client, config
 
 from tests.cluster.fixtures import Cluster
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 TEST_IMAGE = "palimpsest/smoke-test:latest"
 GPU_NODE = "palimpsest-gpu-0"
 CPU_NODE = "palimpsest-cpu-0"
-
-
-def wait_until(
-    what: str, probe: Callable[[], T | None], timeout: float = 90, every: float = 0.5
-) -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.fixture()
