@@ -141,6 +141,7 @@ class _StageShard:
         self.pending = 0  # records admitted to this stage and not finished in it
         self.closed = False  # no more records will be admitted
         self.committed = False
+        self.aborted = False  # this attempt gave the shard up: nothing more is written
 
     @property
     def unsaved(self) -> int:
@@ -149,6 +150,8 @@ class _StageShard:
     def finish(
         self, key: str, record: Record, result: GenerationResult | None, verdict: Verdict
     ) -> None:
+        if self.aborted:
+            return
         count_request(self.chunk, result)
         score = verdict.meta.get("score")
         if isinstance(score, int | float):
@@ -164,6 +167,8 @@ class _StageShard:
 
     def checkpoint(self, engine_share: tuple[float, float]) -> None:
         """Close the chunk's parts and record them in an immutable checkpoint object."""
+        if self.aborted:
+            return
         self.chunk.seconds += engine_share[0]
         self.chunk.engine_seconds += engine_share[1]
         parts = self.out.roll()
@@ -199,6 +204,8 @@ class _StageShard:
         return won, stats
 
     def abort(self) -> None:
+        # Records still in flight may finish after this; none of them may leave a checkpoint.
+        self.aborted = True
         self.out.abort()
         delete_checkpoints(self.store, self.stage_uri, self.shard, self.out.attempt)
 
@@ -401,7 +408,7 @@ class RewriteRunner:
 
     def _maybe_commit(self, states: list[_StageShard | None], s: int) -> None:
         state = states[s]
-        if state is None or state.committed or not state.closed or state.pending:
+        if state is None or state.committed or state.aborted or not state.closed or state.pending:
             return
         won, stats = state.commit(self._share(), self.engine.gpus)
         kind = state.plan.ref.kind
