@@ -218,6 +218,16 @@ def rewrite_job(name: str, input_uri: str, output_uri: str, **spec: Any) -> str:
     return yaml.safe_dump(body)
 
 
+def patch_spec(
+    cluster: Cluster, namespace: str, name: str, spec: dict[str, Any], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Merge-patch a RewriteJob's spec, as an edit applied from Git would."""
+    body = json.dumps({"spec": spec})
+    return cluster.kubectl(
+        "patch", "rwj", name, "-n", namespace, "--type=merge", "-p", body, check=check
+    )
+
+
 def rwj(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     out = cluster.kubectl("get", "rwj", name, "-n", namespace, "-o", "json").stdout
     body: dict[str, Any] = json.loads(out)
@@ -360,16 +370,8 @@ def test_input_is_immutable(k8s_cluster: Cluster, namespace: str) -> None:
         rewrite_job("fixed", "s3://palimpsest-test/a", "s3://palimpsest-test/b", dryRun=True),
         namespace,
     )
-    result = k8s_cluster.kubectl(
-        "patch",
-        "rwj",
-        "fixed",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"spec": {"input": {"uri": "s3://palimpsest-test/c"}}}',
-        check=False,
+    result = patch_spec(
+        k8s_cluster, namespace, "fixed", {"input": {"uri": "s3://palimpsest-test/c"}}, check=False
     )
     assert result.returncode != 0 and "input is immutable" in result.stderr
 
@@ -409,16 +411,7 @@ def test_restart_mid_run_and_spec_edit_rerun(
     first_id = status["stageIds"]["filter"]
 
     # a spec edit that changes the filter's settings runs the filter again under a new id
-    k8s_cluster.kubectl(
-        "patch",
-        "rwj",
-        "code",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"spec": {"filter": {"minScore": 9.9}}}',
-    )
+    patch_spec(k8s_cluster, namespace, "code", {"filter": {"minScore": 9.9}})
 
     def rerun_done() -> dict[str, Any] | None:
         status = phase_in(k8s_cluster, namespace, "code", "Succeeded", "Failed") or {}
@@ -611,16 +604,7 @@ def test_suspend_stops_the_pods_and_resume_finishes(
     pods = k8s_cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.split()
     assert pods == []  # a suspended Job starts no pods
 
-    k8s_cluster.kubectl(
-        "patch",
-        "rwj",
-        "code",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"spec": {"suspend": false}}',
-    )
+    patch_spec(k8s_cluster, namespace, "code", {"suspend": False})
     status = wait_until(
         "the job to succeed",
         lambda: phase_in(k8s_cluster, namespace, "code", "Succeeded", "Failed"),
