@@ -39,7 +39,7 @@ export GOMAXPROCS="${GOMAXPROCS:-$JOBS}"
 export GOCACHE="${GOCACHE_OVERRIDE:-$CACHE/go/build-cache}"
 export GOMODCACHE="${GOMODCACHE_OVERRIDE:-$CACHE/go/mod}"
 
-K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 
 log() { printf '[cluster-build] %s\n' "$*" >&2; }
 
