@@ -20,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from palimpsest.filtering import CodeFilter, FilterSettings, syntax_problem
 from palimpsest.lint.pool import LintPool, default_workers
 from palimpsest.lint.reference import published_score
 from palimpsest.lint.scoring import DEFAULT_MIN_SCORE
-from palimpsest.records import RawRecord
+from palimpsest.records import Fields, RawRecord
+from palimpsest.stages.filter import CodeFilter, FilterSettings, syntax_problem
 from palimpsest.stats import Stats
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "data" / "python-sample.jsonl.gz"
@@ -59,12 +59,14 @@ def run_published(samples: list[str]) -> tuple[list[float | None], float]:
 
 
 def run_ours(samples: list[str], workers: int, exact: bool) -> tuple[list[dict[str, Any]], float]:
-    settings = FilterSettings(workers=workers, exact_scores=exact)
+    settings = FilterSettings(exact_scores=exact)
     results: list[dict[str, Any]] = []
     items = [RawRecord("bench", i, {"id": i, "text": code}) for i, code in enumerate(samples)]
     started = time.monotonic()
     with LintPool(workers, settings.time_limit) as pool:
-        CodeFilter(settings, pool).run(items, results.append, results.append, Stats())
+        CodeFilter(settings, pool, Fields(), workers).run(
+            items, results.append, results.append, Stats()
+        )
     return sorted(results, key=lambda r: r["id"]), time.monotonic() - started
 
 

@@ -30,13 +30,15 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "pipeline")]
 
-from palimpsest.chain import STAGE_PROMPTS  # noqa: E402
 from palimpsest.commit import read_marker  # noqa: E402
+from palimpsest.document import JobDocument, job_prompts  # noqa: E402
 from palimpsest.engines import EngineSettings, SamplingSettings, make_engine  # noqa: E402
+from palimpsest.job import InputSpec, Job, RewriteSettings  # noqa: E402
 from palimpsest.plan import PlanSettings, ShardPlan, make_plan  # noqa: E402
 from palimpsest.prompts import load_stage_prompt  # noqa: E402
-from palimpsest.rewrite.job import RewriteSpec, shard_inputs, stage_plans  # noqa: E402
 from palimpsest.rewrite.runner import RewriteRunner  # noqa: E402
+from palimpsest.stagerun import llm_plans, shard_inputs  # noqa: E402
+from palimpsest.stages.registry import STAGES  # noqa: E402
 from palimpsest.storage import LocalStore  # noqa: E402
 
 SEED = 1234
@@ -92,7 +94,8 @@ async def raw_vllm(args: argparse.Namespace, model: str, texts: list[str]) -> di
     if asyncio.iscoroutine(tokenizer):
         tokenizer = await tokenizer
     cold_start = time.monotonic() - started
-    prompt = load_stage_prompt(STAGE_PROMPTS["math"])
+    math = STAGES["math"]
+    prompt = load_stage_prompt(math.prompt or "", math.prompt_fields)
     params = SamplingParams(
         temperature=0.2,
         top_p=0.7,
@@ -136,16 +139,25 @@ async def our_stage(
 ) -> dict[str, Any]:
     """The math stage through RewriteRunner on VllmEngine, one fresh output per round."""
     store = LocalStore()
-    spec = RewriteSpec("swallowmath", ("math",), settings(args, model))
-    engine = make_engine(spec.engine)
+    engine_settings = settings(args, model)
+    engine = make_engine(engine_settings)
     started = time.monotonic()
     await engine.start()
     cold_start = time.monotonic() - started
 
     async def round_(name: str, batch: list[str]) -> tuple[int, float]:
         plan = write_shard(store, work / name / "in", batch)
-        plans = stage_plans(spec, plan.plan_id)
         output = str(work / name / "out")
+        job = Job(
+            name=name,
+            recipe="swallowmath",
+            stages=("math",),
+            input=InputSpec(uri=plan.input_uri),
+            output_uri=output,
+            rewrite=RewriteSettings(engine=engine_settings),
+        )
+        document = JobDocument(job, plan.plan_id, "", job_prompts(job))
+        plans = llm_plans(document, ("math",))
         inputs = shard_inputs(store, plan, output, None)
         runner = RewriteRunner(engine, store, output, plans, inputs)
         begun = time.monotonic()

@@ -26,10 +26,14 @@ from dataclasses import replace
 from typing import Any
 
 from palimpsest.commit import Marker, marker_uri
-from palimpsest.jobspec import JobSpec, job_stage_refs, parse_job
+from palimpsest.identity import stage_refs
+from palimpsest.job import Job, parse_job
+from palimpsest.names import API_VERSION, KIND
 from palimpsest.stats import Stats
 from palimpsest.storage import S3Settings, store_for
-from palimpsest_operator.reconcile import JobView, Resource, plan_key, reconcile
+from palimpsest_operator.cluster import JobView, Resource
+from palimpsest_operator.inputs import plan_key
+from palimpsest_operator.reconcile import reconcile
 from palimpsest_operator.status import merge_patch
 from palimpsest_operator.storage import JobStorage
 
@@ -62,9 +66,11 @@ class BenchCluster:
         pass
 
 
-def bench_job(output_uri: str) -> JobSpec:
+def bench_job(output_uri: str) -> Job:
     return parse_job(
         {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
             "metadata": {"name": "bench", "namespace": "bench", "uid": "u"},
             "spec": {
                 "recipe": "swallowcode",
@@ -76,7 +82,7 @@ def bench_job(output_uri: str) -> JobSpec:
     )
 
 
-def write_markers(job: JobSpec, stage_uri: str, shards: range) -> None:
+def write_markers(job: Job, stage_uri: str, shards: range) -> None:
     store = store_for(stage_uri, S3Settings())
     stats = Stats(records_in=10_000, kept=6_000, seconds=600.0)
     stats.rejects.update({"syntax_error": 1_000, "pylint_score": 3_000})
@@ -91,15 +97,17 @@ def write_markers(job: JobSpec, stage_uri: str, shards: range) -> None:
 
 def run(output_uri: str, shards: int, new: int) -> dict[str, Any]:
     job = bench_job(output_uri)
-    (ref,) = job_stage_refs(job, PLAN_ID, {})
+    (ref,) = stage_refs(job, PLAN_ID, {})
     stage_uri = ref.uri(output_uri)
     cluster = BenchCluster()
     storage = JobStorage(store_for(output_uri, S3Settings()))
 
-    def storage_for(job: JobSpec, credentials: Mapping[str, str] | None) -> JobStorage:
+    def storage_for(job: Job, credentials: Mapping[str, str] | None) -> JobStorage:
         return storage
 
     manifest = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": "bench", "namespace": "bench", "uid": "u", "generation": 1},
         "spec": {
             "recipe": "swallowcode",

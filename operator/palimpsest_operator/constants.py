@@ -1,17 +1,21 @@
 """Names the operator shares with the cluster: the resource, labels, annotations, reasons.
 
 Kept in one module so that builders, handlers, tests and the RBAC docs agree on every key.
+Names the workers must spell the same way (the API group, folders under the output URI, the
+permanent-error exit code) come from `palimpsest.names`.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-GROUP: Final = "palimpsest.dev"
-VERSION: Final = "v1alpha1"
+from palimpsest import names
+
+GROUP: Final = names.API_GROUP
+API_VERSION: Final = names.API_VERSION
+VERSION: Final = API_VERSION.split("/", 1)[1]
 PLURAL: Final = "rewritejobs"
-KIND: Final = "RewriteJob"
-API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = names.KIND
 
 # Labels on the Jobs (and through their templates, the pods) the operator creates.
 LABEL_JOB: Final = f"{GROUP}/rewritejob"  # the owning RewriteJob's name
@@ -25,15 +29,18 @@ LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
 ANNOTATION_RERUN: Final = f"{GROUP}/rerun"  # delete the stages' markers and run everything again
 ANNOTATION_RETRY_FAILED: Final = f"{GROUP}/retry-failed"  # re-run only uncommitted shards
 
+# Annotations the operator sets on the Jobs it creates.
+ANNOTATION_STAGE_IDS: Final = f"{GROUP}/stage-ids"  # the ids of the stages the Job runs
+ANNOTATION_SHARDS_PER_INDEX: Final = f"{GROUP}/shards-per-index"  # plan shards per Job index
+
 # Phases (status.phase).
 PENDING: Final = "Pending"
-PLANNING: Final = "Planning"
 FILTERING: Final = "Filtering"
 REWRITING: Final = "Rewriting"
 SUCCEEDED: Final = "Succeeded"
 FAILED: Final = "Failed"
 SUSPENDED: Final = "Suspended"
-PHASES: Final = (PENDING, PLANNING, FILTERING, REWRITING, SUCCEEDED, FAILED, SUSPENDED)
+PHASES: Final = (PENDING, FILTERING, REWRITING, SUCCEEDED, FAILED, SUSPENDED)
 
 # Condition types (status.conditions).
 COND_READY: Final = "Ready"  # True once every stage committed every shard
@@ -73,12 +80,12 @@ MODELS_MOUNT: Final = "/models"
 SHM_MOUNT: Final = "/dev/shm"
 
 # The exit code a worker uses for a permanent configuration error: its index fails at once.
-EXIT_PERMANENT: Final = 3
+EXIT_PERMANENT: Final = names.EXIT_CONFIG_ERROR
 
 # Secret keys of the storage Secret, passed to workers as env of the same names.
 S3_SECRET_KEYS: Final = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 S3_OPTIONAL_SECRET_KEYS: Final = ("AWS_SESSION_TOKEN",)
 
 # Where the operator keeps plans and manifests under the job's output URI.
-PLANS_DIR: Final = "_plans"
-MANIFESTS_DIR: Final = "_manifests"
+PLANS_DIR: Final = names.PLANS_DIR
+MANIFESTS_DIR: Final = names.MANIFESTS_DIR

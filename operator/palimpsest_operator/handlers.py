@@ -19,13 +19,14 @@ import kopf
 from botocore.exceptions import BotoCoreError, ClientError
 from kubernetes.client.exceptions import ApiException
 
-from palimpsest.jobspec import JobSpec
+from palimpsest.job import Job
 from palimpsest.storage import StorageError, is_s3
 from palimpsest_operator import constants as c
 from palimpsest_operator import metrics
+from palimpsest_operator.cluster import Resource
 from palimpsest_operator.config import CONFIG
 from palimpsest_operator.kube import KubeCluster, load_config
-from palimpsest_operator.reconcile import Resource, reconcile
+from palimpsest_operator.reconcile import reconcile
 from palimpsest_operator.status import merge_patch
 from palimpsest_operator.storage import JobStorage, job_storage
 
@@ -43,7 +44,7 @@ _STORAGES_LOCK = threading.Lock()
 _CLUSTER: list[KubeCluster] = []
 
 
-def storage_for(job: JobSpec, credentials: Mapping[str, str] | None) -> JobStorage:
+def storage_for(job: Job, credentials: Mapping[str, str] | None) -> JobStorage:
     """One S3 client per (endpoint, region, credentials), reused across ticks."""
     key = (is_s3(job.output_uri), job.storage, tuple(sorted((credentials or {}).items())))
     with _STORAGES_LOCK:

@@ -1,23 +1,29 @@
-"""Pure builders of the Indexed Jobs a RewriteJob runs: a filter Job and a rewrite Job.
+"""Pure builders of the Indexed Jobs a RewriteJob runs: one Job per group of stages.
 
-Each builder is a function from the parsed spec (and the plan and stage ids) to a Job
-manifest dict, with no cluster access, so that the Job shape is tested table-driven and the
-handlers only create what these return. Names are deterministic (they carry the stage id), so
-creating a Job that already exists is a 409 and means the work is already launched.
+Each builder is a function from the job, its placement, the job document's URI and the stage
+ids to a Job manifest dict, with no cluster access, so that the Job shape is tested
+table-driven and the handlers only create what these return. A CPU stage (the filter) is one
+Job with one index per shard; consecutive LLM stages are one Job on the GPU pool with one
+index per block of shards, the model loaded once per pod. Worker pods get the job document's
+URI and their stage group, nothing that repeats the spec. Names are deterministic (they
+carry the stage id), so creating a Job that already exists is a 409 and means the work is
+already launched.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-from palimpsest.chain import STAGE_PROMPTS, StageRef
-from palimpsest.jobspec import JobSpec, Resources
+from palimpsest import runtime
+from palimpsest.identity import StageRef
+from palimpsest.job import Job
+from palimpsest.stages.registry import STAGES, Runner
 from palimpsest_operator import constants as c
+from palimpsest_operator.placement import Placement, PoolPlacement, Resources
 
 MAX_NAME: Final = 63
 """Kubernetes label values and Job names the Job controller can put on pods: at most 63."""
@@ -27,14 +33,15 @@ MAX_REWRITE_INDEXES: Final = 1000
 10,000 completions an Indexed Job handles well, and each pod keeps its model loaded across
 a block of shards."""
 
-CPU_POOL: Final[Mapping[str, str]] = {"palimpsest.dev/pool": "cpu"}
-"""Node labels of the CPU pool the filter runs on."""
-
-RUN_AS_USER: Final = 1000
-"""The non-root user the images run as."""
-
 SHM_SIZE: Final = "16Gi"
 """Size cap of the memory-backed /dev/shm for tensor-parallel pods (NCCL's shared memory)."""
+
+TMP_SIZE: Final = "20Gi"
+"""Size cap of the /tmp emptyDir: record parts are written there before upload."""
+
+CACHE_SIZE: Final[Mapping[Runner, str]] = {Runner.RECORDS: "1Gi", Runner.LLM: "100Gi"}
+"""Size cap of the cache emptyDir: small for CPU stages, room for a model's weights and
+vLLM's compile caches for LLM stages (a PVC at /models holds larger models)."""
 
 
 @dataclass(frozen=True)
@@ -56,11 +63,37 @@ class Owner:
         }
 
 
+@dataclass(frozen=True)
+class StageJob:
+    """What one Job runs: a group of the job's stages over the plan's shards."""
+
+    job: Job
+    placement: Placement
+    owner: Owner
+    document_uri: str
+    stages: tuple[StageRef, ...]
+    total_shards: int
+    attempt: int = 0
+
+    @property
+    def runner(self) -> Runner:
+        return STAGES[self.stages[0].kind].runner
+
+    @property
+    def pool(self) -> PoolPlacement:
+        return self.placement.pool(STAGES[self.stages[0].kind].pool)
+
+    @property
+    def name(self) -> str:
+        return job_name(self.owner.name, self.stages[-1].stage_id, self.attempt)
+
+
 def job_name(owner_name: str, stage_id: str, attempt: int = 0) -> str:
     """`<owner>-<stage-id>[-r<attempt>]`, DNS-safe and at most 63 characters.
 
     A long owner name is cut and followed by a short hash of the whole name, so two owners
-    whose names share a long prefix still get different Job names.
+    whose names share a long prefix still get different Job names. A group's Job is named
+    after its last stage, whose id chains all the others.
     """
     suffix = f"-{stage_id}" + (f"-r{attempt}" if attempt else "")
     room = MAX_NAME - len(suffix)
@@ -78,165 +111,81 @@ def rewrite_block(total_shards: int, shards_per_pod: int | None) -> int:
     return max(1, math.ceil(total_shards / MAX_REWRITE_INDEXES))
 
 
-def filter_job(
-    job: JobSpec, owner: Owner, stage: StageRef, plan_uri: str, total_shards: int, attempt: int = 0
-) -> dict[str, Any]:
-    """The filter stage as an Indexed Job on the CPU pool: one index per shard."""
-    workers = job.filter.workers or _whole_cpus(job.filter.resources)
+def shards_per_index(work: StageJob) -> int:
+    if work.runner is Runner.RECORDS:
+        return 1
+    return rewrite_block(work.total_shards, work.placement.gpu.shards_per_pod)
+
+
+def stage_job(work: StageJob) -> dict[str, Any]:
+    """The Job manifest of one stage group."""
+    block = shards_per_index(work)
     args = [
         "worker",
-        "filter",
-        "--plan",
-        plan_uri,
-        "--output",
-        job.output_uri,
-        "--min-score",
-        repr(job.filter.min_score),
-        "--time-limit",
-        repr(job.filter.time_limit),
-        "--workers",
-        str(workers),
-        "--text-field",
-        job.input.text_field,
-        "--id-field",
-        job.input.id_field,
-        *_s3_args(job),
-    ]
-    container = _container(job.filter.image, args, _s3_env(job), _resources(job.filter.resources))
-    pod = _pod_spec(container, node_selector=dict(CPU_POOL))
-    name = job_name(owner.name, stage.stage_id, attempt)
-    return _indexed_job(job, owner, name, stage, total_shards, job.filter.parallelism, pod, {})
-
-
-def rewrite_job(
-    job: JobSpec,
-    owner: Owner,
-    stages: Sequence[StageRef],
-    plan_uri: str,
-    total_shards: int,
-    attempt: int = 0,
-) -> dict[str, Any]:
-    """The rewrite stages as one Indexed Job on the GPU pool: one index per block of shards.
-
-    One pod runs all the job's consecutive rewrite stages (e.g. SGCR then SCOR) with its model
-    loaded once; each stage still commits to its own folder. The Job is named after the last
-    stage, whose id chains all the others.
-    """
-    rewrite = job.rewrite
-    if rewrite is None or not stages:
-        raise ValueError("spec.rewrite: required when a rewrite stage runs")
-    engine = rewrite.engine
-    block = rewrite_block(total_shards, rewrite.shards_per_pod)
-    indexes = math.ceil(total_shards / block)
-    args = [
-        "worker",
-        "rewrite",
-        "--plan",
-        plan_uri,
-        "--output",
-        job.output_uri,
-        "--recipe",
-        job.recipe,
+        "--job",
+        work.document_uri,
         "--stages",
-        ",".join(s.kind for s in stages),
-        *(["--input-stage", stages[0].previous] if stages[0].previous else []),
+        ",".join(s.kind for s in work.stages),
         "--shards-per-index",
         str(block),
-        "--engine",
-        engine.type,
-        "--model",
-        engine.model,
-        *(["--model-revision", engine.revision] if engine.revision else []),
-        "--temperature",
-        repr(engine.sampling.temperature),
-        "--top-p",
-        repr(engine.sampling.top_p),
-        "--max-tokens",
-        str(engine.sampling.max_tokens),
-        "--n",
-        str(engine.sampling.n),
-        *(["--max-in-flight", str(engine.max_in_flight)] if engine.max_in_flight else []),
-        "--text-field",
-        job.input.text_field,
-        "--id-field",
-        job.input.id_field,
-        *_s3_args(job),
     ]
-    env = _s3_env(job)
-    volumes: list[dict[str, Any]] = []
-    mounts: list[dict[str, Any]] = []
-    gpus = 0
+    pod = PodParts(env=[*_cache_env(), *_s3_env(work.job, work.placement)])
+    if work.runner is Runner.RECORDS:
+        args += ["--workers", str(_whole_cpus(work.pool.resources))]
+    else:
+        _llm_parts(work, pod)
+    pod.volumes += [
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
+        {"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE[work.runner]}},
+    ]
+    pod.mounts += [
+        {"name": "tmp", "mountPath": runtime.TMP_DIR},
+        {"name": "cache", "mountPath": runtime.CACHE_DIR},
+    ]
+    container = _container(work.pool, args, pod)
+    indexes = math.ceil(work.total_shards / block)
+    annotations = {
+        c.ANNOTATION_STAGE_IDS: ",".join(s.stage_id for s in work.stages),
+        c.ANNOTATION_SHARDS_PER_INDEX: str(block),
+    }
+    return _indexed_job(work, indexes, _pod_spec(work.pool, container, pod.volumes), annotations)
+
+
+@dataclass
+class PodParts:
+    """The pieces a builder adds to a pod as it goes: env, volumes, mounts, resources."""
+
+    env: list[dict[str, Any]]
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+    gpus: int = 0
+
+
+def _llm_parts(work: StageJob, pod: PodParts) -> None:
+    """What LLM stages add: GPUs, vLLM's IPC path, the API key, the model volume."""
+    engine = work.job.engine
+    rewrite = work.placement.gpu
     if engine.type == "vllm":
-        gpus = engine.tensor_parallel_size
+        pod.gpus = engine.tensor_parallel_size
         # vLLM's IPC sockets: a UNIX socket path must stay under 108 bytes whatever TMPDIR
         # is, and /dev/shm (tmpfs, present in every pod) is where such sockets belong.
-        env.append({"name": "VLLM_RPC_BASE_PATH", "value": c.SHM_MOUNT})
-        args += [
-            "--tensor-parallel-size",
-            str(engine.tensor_parallel_size),
-            "--gpu-memory-utilization",
-            repr(engine.gpu_memory_utilization),
-            "--dtype",
-            engine.dtype,
-        ]
-        if engine.max_model_len:
-            args += ["--max-model-len", str(engine.max_model_len)]
-        for key, value in sorted(engine.engine_args.items()):
-            args += ["--engine-arg", f"{key}={json.dumps(value)}"]
-    else:
-        args += ["--base-url", engine.base_url or "", "--api-key-env", engine.api_key_env]
-        if rewrite.api_key_secret is not None:
-            env.append(
-                _secret_env(
-                    engine.api_key_env,
-                    rewrite.api_key_secret.name,
-                    rewrite.api_key_secret.key,
-                    optional=False,
-                )
-            )
-    if "translate" in {s.kind for s in stages}:
-        args += ["--language", rewrite.language]
-    if rewrite.prompts_config_map:
-        args += ["--prompts-dir", c.PROMPTS_MOUNT]
-        volumes.append({"name": "prompts", "configMap": {"name": rewrite.prompts_config_map}})
-        mounts.append({"name": "prompts", "mountPath": c.PROMPTS_MOUNT, "readOnly": True})
+        pod.env.append({"name": "VLLM_RPC_BASE_PATH", "value": c.SHM_MOUNT})
+    elif rewrite.api_key_secret is not None:
+        secret = rewrite.api_key_secret
+        pod.env.append(_secret_env(engine.api_key_env, secret.name, secret.key, optional=False))
     if rewrite.model_claim:
-        volumes.append(
-            {
-                "name": "models",
-                "persistentVolumeClaim": {
-                    "claimName": rewrite.model_claim,
-                    "readOnly": rewrite.model_claim_read_only,
-                },
-            }
-        )
-        mounts.append({"name": "models", "mountPath": c.MODELS_MOUNT})
-        env += [
-            {"name": "PALIMPSEST_MODEL_CACHE", "value": f"{c.MODELS_MOUNT}/cache"},
-            {"name": "HF_HOME", "value": f"{c.MODELS_MOUNT}/huggingface"},
-        ]
-    if gpus > 1:
-        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
-        mounts.append({"name": "shm", "mountPath": c.SHM_MOUNT})
-    resources = _resources(rewrite.resources)
-    if gpus:
-        resources.setdefault("requests", {})["nvidia.com/gpu"] = str(gpus)
-        resources.setdefault("limits", {})["nvidia.com/gpu"] = str(gpus)
-    container = _container(rewrite.image, args, env, resources, mounts)
-    pod = _pod_spec(
-        container,
-        node_selector=dict(rewrite.node_selector),
-        volumes=volumes,
-        tolerations=[dict(t) for t in rewrite.tolerations],
-        priority_class=rewrite.priority_class,
-    )
-    last = stages[-1]
-    name = job_name(owner.name, last.stage_id, attempt)
-    annotations = {
-        f"{c.GROUP}/stage-ids": ",".join(s.stage_id for s in stages),
-        f"{c.GROUP}/shards-per-index": str(block),
-    }
-    return _indexed_job(job, owner, name, last, indexes, rewrite.parallelism, pod, annotations)
+        claim = {"claimName": rewrite.model_claim, "readOnly": rewrite.model_claim_read_only}
+        pod.volumes.append({"name": "models", "persistentVolumeClaim": claim})
+        pod.mounts.append({"name": "models", "mountPath": c.MODELS_MOUNT})
+        overrides = {
+            "PALIMPSEST_MODEL_CACHE": f"{c.MODELS_MOUNT}/cache",
+            "HF_HOME": f"{c.MODELS_MOUNT}/huggingface",
+        }
+        pod.env = [e for e in pod.env if e["name"] not in overrides]
+        pod.env += [{"name": k, "value": v} for k, v in overrides.items()]
+    if pod.gpus > 1:
+        pod.volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
+        pod.mounts.append({"name": "shm", "mountPath": c.SHM_MOUNT})
 
 
 # --- pieces ---------------------------------------------------------------------------------
@@ -251,36 +200,35 @@ def job_labels(owner_name: str, stage: StageRef) -> dict[str, str]:
     }
 
 
+def job_labels_selector(owner_name: str) -> str:
+    """The label selector of the Jobs one RewriteJob owns."""
+    return f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY},{c.LABEL_JOB}={_label_value(owner_name)}"
+
+
 def _indexed_job(
-    job: JobSpec,
-    owner: Owner,
-    name: str,
-    stage: StageRef,
-    completions: int,
-    parallelism: int,
-    pod: dict[str, Any],
-    annotations: Mapping[str, str],
+    work: StageJob, completions: int, pod: dict[str, Any], annotations: Mapping[str, str]
 ) -> dict[str, Any]:
-    labels = job_labels(owner.name, stage)
-    if job.queue_name:
-        labels[c.LABEL_KUEUE_QUEUE] = job.queue_name
-    pod_labels = {k: v for k, v in labels.items() if k != c.LABEL_KUEUE_QUEUE}
+    placement = work.placement
+    labels = job_labels(work.owner.name, work.stages[-1])
+    pod_labels = dict(labels)
+    if placement.queue_name:
+        labels[c.LABEL_KUEUE_QUEUE] = placement.queue_name
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": name,
-            "namespace": owner.namespace,
+            "name": work.name,
+            "namespace": work.owner.namespace,
             "labels": labels,
             "annotations": dict(annotations),
-            "ownerReferences": [owner.reference()],
+            "ownerReferences": [work.owner.reference()],
         },
         "spec": {
             "completionMode": "Indexed",
             "completions": completions,
-            "parallelism": max(1, min(parallelism, completions)),
-            "backoffLimitPerIndex": job.retries.per_shard,
-            "maxFailedIndexes": min(job.retries.max_failed_shards, completions),
+            "parallelism": max(1, min(work.pool.parallelism, completions)),
+            "backoffLimitPerIndex": placement.retries.per_shard,
+            "maxFailedIndexes": min(placement.retries.max_failed_shards, completions),
             "podReplacementPolicy": "Failed",
             "podFailurePolicy": {
                 "rules": [
@@ -295,19 +243,16 @@ def _indexed_job(
                     },
                 ]
             },
-            "suspend": job.suspend,
+            "suspend": placement.suspend,
             "template": {"metadata": {"labels": pod_labels}, "spec": pod},
         },
     }
 
 
 def _pod_spec(
-    container: dict[str, Any],
-    node_selector: dict[str, str],
-    volumes: list[dict[str, Any]] | None = None,
-    tolerations: list[dict[str, Any]] | None = None,
-    priority_class: str | None = None,
+    pool: PoolPlacement, container: dict[str, Any], volumes: list[dict[str, Any]]
 ) -> dict[str, Any]:
+    uid = runtime.RUN_AS_UID
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -315,40 +260,32 @@ def _pod_spec(
         "terminationGracePeriodSeconds": 30,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "nodeSelector": node_selector,
+        "nodeSelector": dict(pool.node_selector),
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, *(volumes or [])],
+        "volumes": list(volumes),
     }
-    if tolerations:
-        spec["tolerations"] = tolerations
-    if priority_class:
-        spec["priorityClassName"] = priority_class
+    if pool.tolerations:
+        spec["tolerations"] = [dict(t) for t in pool.tolerations]
+    if pool.priority_class:
+        spec["priorityClassName"] = pool.priority_class
     return spec
 
 
-def _container(
-    image: str,
-    args: list[str],
-    env: list[dict[str, Any]],
-    resources: dict[str, Any],
-    mounts: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+def _container(pool: PoolPlacement, args: list[str], pod: PodParts) -> dict[str, Any]:
     return {
         "name": "worker",
-        "image": image,
+        "image": pool.image,
+        "imagePullPolicy": "IfNotPresent",
         "command": ["palimpsest"],
         "args": args,
-        # /tmp is a writable emptyDir (the root filesystem is read-only); HOME points there
-        # for caches. TMPDIR stays unset: /tmp is the default, and vLLM's IPC socket paths
-        # under it must stay short.
-        "env": [{"name": "HOME", "value": "/tmp"}, *env],
-        "resources": resources,
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *(mounts or [])],
+        "env": pod.env,
+        "resources": _resources(pool.resources, pod.gpus),
+        "volumeMounts": list(pod.mounts),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -358,8 +295,10 @@ def _container(
     }
 
 
-def _resources(resources: Resources) -> dict[str, Any]:
+def _resources(resources: Resources, gpus: int) -> dict[str, Any]:
     values = {k: v for k, v in (("cpu", resources.cpu), ("memory", resources.memory)) if v}
+    if gpus:
+        values["nvidia.com/gpu"] = str(gpus)
     if not values:
         return {}
     return {"requests": dict(values), "limits": dict(values)}
@@ -373,24 +312,21 @@ def _whole_cpus(resources: Resources) -> int:
     return max(1, int(float(cpu)))
 
 
-def _s3_args(job: JobSpec) -> list[str]:
-    args = []
-    if job.storage.endpoint:
-        args += ["--s3-endpoint", job.storage.endpoint]
-    if job.storage.region:
-        args += ["--s3-region", job.storage.region]
-    return args
+def _cache_env() -> list[dict[str, Any]]:
+    """Every tool's cache under the cache volume, HOME on /tmp (the root is read-only)."""
+    return [{"name": k, "value": v} for k, v in runtime.CACHE_ENV.items()]
 
 
-def _s3_env(job: JobSpec) -> list[dict[str, Any]]:
-    """S3 settings as the AWS SDKs read them (for code that takes no flags, e.g. model
-    downloads from s3://), and the credentials from the storage Secret."""
+def _s3_env(job: Job, placement: Placement) -> list[dict[str, Any]]:
+    """S3 settings as the AWS SDKs read them (the worker reads its job document before it
+    knows the job's storage settings; model downloads from s3:// read them too), and the
+    credentials from the storage Secret."""
     env: list[dict[str, Any]] = []
     if job.storage.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": job.storage.endpoint})
     if job.storage.region:
         env.append({"name": "AWS_DEFAULT_REGION", "value": job.storage.region})
-    secret = job.storage.secret_name
+    secret = placement.storage_secret
     if secret is None:
         return env
     return [
@@ -413,13 +349,3 @@ def _label_value(value: str) -> str:
         return value
     digest = hashlib.sha256(value.encode()).hexdigest()[:6]
     return f"{value[: MAX_NAME - 7].rstrip('-._')}-{digest}"
-
-
-def prompt_names(stages: Sequence[StageRef]) -> list[str]:
-    """The prompt files a prompts ConfigMap must hold for these stages."""
-    return [f"{STAGE_PROMPTS[s.kind]}.yaml" for s in stages if s.kind in STAGE_PROMPTS]
-
-
-def job_labels_selector(owner_name: str) -> str:
-    """The label selector of the Jobs one RewriteJob owns."""
-    return f"{c.LABEL_MANAGED_BY}={c.MANAGED_BY},{c.LABEL_JOB}={_label_value(owner_name)}"

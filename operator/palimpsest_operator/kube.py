@@ -15,7 +15,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from palimpsest_operator import constants as c
-from palimpsest_operator.reconcile import JobView
+from palimpsest_operator.cluster import JobView
 
 
 def load_config() -> None:
@@ -92,5 +92,5 @@ def _view(job: Any) -> JobView:
         completed_indexes=status.completed_indexes,
         failed_indexes=status.failed_indexes,
         finished=finished,
-        shards_per_index=int(annotations.get(f"{c.GROUP}/shards-per-index", "1")),
+        shards_per_index=int(annotations.get(c.ANNOTATION_SHARDS_PER_INDEX, "1")),
     )

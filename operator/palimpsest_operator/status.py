@@ -143,7 +143,7 @@ def conditions(
     status does not change."""
     wanted = {
         c.COND_READY: phase == c.SUCCEEDED,
-        c.COND_PROGRESSING: phase in (c.PENDING, c.PLANNING, c.FILTERING, c.REWRITING),
+        c.COND_PROGRESSING: phase in (c.PENDING, c.FILTERING, c.REWRITING),
         c.COND_FAILED: phase == c.FAILED,
         c.COND_SUSPENDED: phase == c.SUSPENDED,
     }

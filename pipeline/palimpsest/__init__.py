@@ -1,3 +1,6 @@
 """Palimpsest: rewrite pre-training corpora with LLMs, on one machine or on Kubernetes."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("palimpsest")
+"""The installed package's version: pyproject.toml's, the one source that image tags follow."""

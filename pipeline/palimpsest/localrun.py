@@ -1,24 +1,29 @@
 """A RewriteJob on one machine, without Kubernetes: the cluster's plan, stage ids and markers.
 
 Why it exists: a user should be able to try a recipe (or a prompt edit) on a laptop with the
-very spec they would apply to a cluster. Because this writes the same plan, the same stage
-folders and the same markers as the Indexed Jobs, under the same commit protocol, a re-run
-skips every committed shard, and a cluster run on the same output would too.
+very spec they would apply to a cluster. Because this writes the same plan, the same job
+document, the same stage folders and the same markers as the Indexed Jobs, under the same
+commit protocol, a re-run skips every committed shard, and a cluster run on the same output
+would too.
 
 How it runs the job:
-- the job file goes through `jobspec.parse_job`, as a custom resource does; relative local
-  paths in `spec.input.uri` and `spec.output.uri` are taken relative to the current working
+- the job file goes through `job.parse_job`, as a custom resource does; relative local paths
+  in `spec.input.uri` and `spec.output.uri` are taken relative to the current working
   directory (so `palimpsest run examples/quickstart.yaml` is run from the repository root);
-- the plan is made and saved under `<output>/_plans/`, where the operator keeps it;
-- the filter stage runs shard by shard in this process (`shardrun.run_filter_shard`) on one
-  LintPool;
-- all rewrite stages run on one engine, started once, over every shard (what one rewrite pod
-  does with its block of shards), so a model is loaded once per run;
+- the plan is made and saved under `<output>/_plans/`, and the job document under
+  `<output>/_jobs/`, where the operator keeps them;
+- each CPU stage runs shard by shard in this process (`stagerun.run_records_shard`), built
+  once for all shards (the filter's pool of linter processes starts once);
+- consecutive LLM stages run on one engine, started once, over every shard (what one rewrite
+  pod does with its block of shards), so a model is loaded once per run;
 - a stage whose every shard is committed starts nothing (no linter pool, no engine).
 
 `LocalOptions.limit` runs the job over a copy of the input's first N records (saved under
 `<output>/_limited/`): a different input, so a different plan and different stage ids, and a
 limited run never passes for a full one.
+
+The `palimpsest filter` and `palimpsest rewrite` commands build a `Job` from their flags and
+run it through `prepare` and `run_job` too.
 """
 
 from __future__ import annotations
@@ -30,31 +35,29 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import yaml
 
-from palimpsest.chain import REWRITE_STAGES, StageRef
 from palimpsest.commit import read_marker
+from palimpsest.document import JobDocument, job_prompts, write_document
 from palimpsest.engines.base import (
     Engine,
     EngineDeadError,
     GenerationRequest,
     GenerationResult,
 )
-from palimpsest.engines.settings import make_engine
-from palimpsest.jobspec import API_VERSION, KIND, JobSpec, job_stage_refs, load_job_prompts
+from palimpsest.engines.factory import make_engine
+from palimpsest.identity import StageRef, check_tools
+from palimpsest.job import Job, parse_job
+from palimpsest.names import API_VERSION, KIND, LIMITED_DIR, PLANS_DIR
 from palimpsest.plan import ShardPlan, make_plan
-from palimpsest.rewrite.job import RewriteSpec, shard_inputs, stage_plans
-from palimpsest.rewrite.runner import RewriteRunner
+from palimpsest.rewrite.runner import RewriteRunner, RunnerSettings
+from palimpsest.stagerun import llm_plans, run_records_shard, shard_inputs
+from palimpsest.stages.registry import STAGES, Runner, groups
 from palimpsest.storage import Store, is_s3, join, store_for
 
 log = logging.getLogger(__name__)
-
-PLANS_DIR: Final = "_plans"
-"""Where plans are kept under the output URI (the operator's folder name)."""
-LIMITED_DIR: Final = "_limited"
-"""Where `limit` keeps its copy of the input's first records under the output URI."""
 
 Progress = Callable[[str, int, int | None], Callable[[int], None]]
 """(stage kind, position among the run's stages, expected records or None when unknown) -> a
@@ -85,12 +88,19 @@ class LocalOptions:
 
 @dataclass(frozen=True)
 class LocalJob:
-    """A parsed job with its plan and stage ids, ready to run."""
+    """A job with its plan and document written, ready to run."""
 
-    job: JobSpec
+    document: JobDocument
     plan: ShardPlan
-    refs: tuple[StageRef, ...]
     store: Store
+
+    @property
+    def job(self) -> Job:
+        return self.document.job
+
+    @property
+    def refs(self) -> tuple[StageRef, ...]:
+        return self.document.stage_refs()
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -124,12 +134,18 @@ def load_manifest(path: Path, options: LocalOptions) -> dict[str, Any]:
         engine = spec.get("rewrite", {}).get("engine")
         if isinstance(engine, dict):
             engine["model"] = options.model
+    config_map = (spec.get("rewrite") or {}).get("prompts", {}).get("configMapName")
+    if config_map:
+        log.warning(
+            "spec.rewrite.prompts.configMapName %s: there are no ConfigMaps here; the prompts "
+            "come from $PALIMPSEST_PROMPTS_DIR or the built-in files (stage ids follow the "
+            "prompt text, so they match the cluster's when the texts do)",
+            config_map,
+        )
     return manifest
 
 
-def load_job(path: Path, options: LocalOptions) -> JobSpec:
-    from palimpsest.jobspec import parse_job
-
+def load_job(path: Path, options: LocalOptions) -> Job:
     try:
         job = parse_job(load_manifest(path, options))
     except ValueError as exc:
@@ -141,8 +157,8 @@ def load_job(path: Path, options: LocalOptions) -> JobSpec:
     return job
 
 
-def prepare(job: JobSpec, options: LocalOptions) -> LocalJob:
-    """Plan the input (or its first `limit` records), save the plan, compute the stage ids."""
+def prepare(job: Job, options: LocalOptions, prompts_dir: Path | None = None) -> LocalJob:
+    """Plan the input (or its first `limit` records), save the plan and the job document."""
     s3 = job.storage.s3_settings()
     store = store_for(job.output_uri, s3)
     input_uri = job.input.uri
@@ -152,19 +168,16 @@ def prepare(job: JobSpec, options: LocalOptions) -> LocalJob:
         plan = make_plan(store_for(input_uri, s3), input_uri, job.sharding)
     except ValueError as exc:
         raise LocalRunError(f"spec.input.uri: {exc}") from exc
-    store.put_bytes(join(job.output_uri, PLANS_DIR, f"plan-{plan.plan_id}.json"), plan.to_json())
-    if job.rewrite is not None and job.rewrite.prompts_config_map:
-        log.warning(
-            "spec.rewrite.prompts.configMapName %s: there are no ConfigMaps here; the prompts "
-            "come from $PALIMPSEST_PROMPTS_DIR or the built-in files (stage ids follow the "
-            "prompt text, so they match the cluster's when the texts do)",
-            job.rewrite.prompts_config_map,
-        )
-    refs = job_stage_refs(job, plan.plan_id, load_job_prompts(job))
-    return LocalJob(job, plan, refs, store)
+    plan_uri = join(job.output_uri, PLANS_DIR, f"plan-{plan.plan_id}.json")
+    store.put_bytes(plan_uri, plan.to_json())
+    if input_uri != job.input.uri:
+        job = replace(job, input=replace(job.input, uri=input_uri))
+    document = JobDocument(job, plan.plan_id, plan_uri, job_prompts(job, prompts_dir))
+    write_document(store, document)
+    return LocalJob(document, plan, store)
 
 
-def limited_input(source: Store, job: JobSpec, target: Store, limit: int) -> str:
+def limited_input(source: Store, job: Job, target: Store, limit: int) -> str:
     """A copy of the input's first `limit` records, written once (so its plan stays the same)."""
     if limit < 1:
         raise LocalRunError(f"--limit: must be >= 1, got {limit}")
@@ -189,28 +202,21 @@ def limited_input(source: Store, job: JobSpec, target: Store, limit: int) -> str
 # --- running --------------------------------------------------------------------------------
 
 
-def stage_groups(refs: Sequence[StageRef]) -> list[list[StageRef]]:
-    """The filter alone; consecutive rewrite stages together, on one engine."""
-    groups: list[list[StageRef]] = []
-    for ref in refs:
-        joins = ref.kind in REWRITE_STAGES and groups and groups[-1][-1].kind in REWRITE_STAGES
-        if joins:
-            groups[-1].append(ref)
-        else:
-            groups.append([ref])
-    return groups
-
-
-def run_job(local: LocalJob, options: LocalOptions, progress: Progress | None = None) -> None:
-    """Run every stage the options select; committed shards are skipped."""
-    for group in stage_groups(local.refs):
-        chosen = [r for r in group if options.stages is None or r.kind in options.stages]
+def run_job(
+    local: LocalJob,
+    options: LocalOptions,
+    progress: Progress | None = None,
+    runner_settings: RunnerSettings | None = None,
+) -> None:
+    """Run every stage the options select, group by group; committed shards are skipped."""
+    for group in groups(local.job.stages):
+        chosen = [k for k in group if options.stages is None or k in options.stages]
         if not chosen:
             continue
-        if chosen[0].kind == "filter":
-            run_filter(local, chosen[0], options, progress)
+        if STAGES[chosen[0]].runner is Runner.RECORDS:
+            run_records(local, local.document.ref(chosen[0]), options, progress)
         else:
-            run_rewrite(local, chosen, progress)
+            run_llm(local, chosen, progress, runner_settings)
 
 
 def pending_shards(local: LocalJob, ref: StageRef) -> list[int]:
@@ -218,75 +224,62 @@ def pending_shards(local: LocalJob, ref: StageRef) -> list[int]:
     return [s for s in range(len(local.plan.shards)) if read_marker(local.store, uri, s) is None]
 
 
-def run_filter(
+def run_records(
     local: LocalJob, ref: StageRef, options: LocalOptions, progress: Progress | None
 ) -> None:
-    from palimpsest.identity import FILTER_TOOLS, check_tools
-    from palimpsest.lint.pool import LintPool, default_workers
-    from palimpsest.shardrun import run_filter_shard
-
+    """Every pending shard through one CPU stage, built once."""
     shards = pending_shards(local, ref)
     if not shards:
         return
-    problems = check_tools(FILTER_TOOLS)
+    entry = STAGES[ref.kind]
+    problems = check_tools(entry.tools)
     if problems:
         raise LocalRunError(
-            "the filter stage needs the pinned linters (pip install 'palimpsest[filter]'): "
+            f"the {ref.kind} stage needs its pinned tools (pip install 'palimpsest[filter]'): "
             + "; ".join(problems)
         )
-    settings = local.job.filter_settings(options.workers or default_workers())
-    if options.workers is not None:
-        settings = replace(settings, workers=options.workers)
-    expected = sum(local.plan.shards[s].est_records for s in shards)
-    tick = progress("filter", 0, expected) if progress else None
-    with LintPool(settings.workers, settings.time_limit) as pool:
-        for shard in shards:
-            run_filter_shard(
-                local.store, local.plan, shard, local.job.output_uri, settings, pool, tick
-            )
-
-
-def rewrite_spec(job: JobSpec, group: Sequence[StageRef]) -> RewriteSpec:
-    """The rewrite stages of `group` as the rewrite worker would run them."""
-    engine = job.engine_settings()
-    if engine is None:
-        raise LocalRunError("spec.rewrite.engine: required for the rewrite stages")
-    return RewriteSpec(
-        recipe=job.recipe,
-        stages=tuple(r.kind for r in group),
-        engine=engine,
-        fields=job.fields,
-        language=job.rewrite.language if job.rewrite and "translate" in job.stages else None,
-        input_stage=group[0].previous,
+    assert entry.open is not None
+    expected = expected_records(local, ref, shards)
+    tick = (
+        progress(ref.kind, list(local.job.stages).index(ref.kind), expected) if progress else None
     )
+    with entry.open(local.job, options.workers) as stage:
+        for shard in shards:
+            run_records_shard(local.store, local.document, local.plan, ref, stage, shard, tick)
 
 
-def run_rewrite(local: LocalJob, group: Sequence[StageRef], progress: Progress | None) -> None:
-    """Every shard through the group's stages on one engine, started only if there is work."""
+def run_llm(
+    local: LocalJob,
+    kinds: Sequence[str],
+    progress: Progress | None,
+    settings: RunnerSettings | None = None,
+) -> None:
+    """Every shard through the LLM stages on one engine, started only if there is work."""
     job = local.job
-    spec = rewrite_spec(job, group)
-    plans = stage_plans(spec, local.plan.plan_id)
-    if [p.ref for p in plans] != list(group):
-        raise RuntimeError("rewrite stage ids differ from the job's; this is a bug")
-    shards = sorted({s for ref in group for s in pending_shards(local, ref)})
+    plans = llm_plans(local.document, kinds)
+    shards = sorted({s for p in plans for s in pending_shards(local, p.ref)})
     if not shards:
         return
-    check_engine_tools(spec)
-    expected = expected_rewrite_records(local, group[0], shards)
+    check_engine_tools(job)
+    first = plans[0].ref
+    expected = expected_records(local, first, shards)
+    position = list(job.stages).index(first.kind)
 
     def open_ticks() -> dict[str, Callable[[int], None]]:
         """Bars for the stages, once the model is loaded (later stages' totals are unknown)."""
         if progress is None:
             return {}
         return {
-            ref.kind: progress(ref.kind, i, expected if i == 0 else None)
-            for i, ref in enumerate(group)
+            p.ref.kind: progress(p.ref.kind, position + i, expected if i == 0 else None)
+            for i, p in enumerate(plans)
         }
 
-    inputs = shard_inputs(local.store, local.plan, job.output_uri, spec.input_stage)
-    engine = CountingEngine(make_engine(spec.engine))
-    runner = RewriteRunner(engine, local.store, job.output_uri, plans, inputs, spec.fields.id)
-    asyncio.run(_run_runner(engine, runner, shards, spec.engine.model, open_ticks))
+    inputs = shard_inputs(local.store, local.plan, job.output_uri, first.previous)
+    engine = CountingEngine(make_engine(job.engine))
+    runner = RewriteRunner(
+        engine, local.store, job.output_uri, plans, inputs, job.input.id_field, settings
+    )
+    asyncio.run(_run_runner(engine, runner, shards, job.engine.model, open_ticks))
 
 
 async def _run_runner(
@@ -318,14 +311,11 @@ def model_load_hint(model: str, exc: BaseException) -> str:
     )
 
 
-def check_engine_tools(spec: RewriteSpec) -> None:
+def check_engine_tools(job: Job) -> None:
     """vLLM must be the pinned version: it is part of the stage ids."""
-    if spec.engine.type != "vllm":
+    if job.engine.type != "vllm":
         return
-    from palimpsest.commands.worker import VLLM_DISTRIBUTIONS
-    from palimpsest.identity import REWRITE_TOOLS, check_tools
-
-    problems = check_tools(REWRITE_TOOLS, VLLM_DISTRIBUTIONS)
+    problems = check_tools(("vllm",))
     if problems:
         raise LocalRunError(
             "engine type vllm needs the pinned vLLM in this Python (the rewrite image has it; "
@@ -333,13 +323,13 @@ def check_engine_tools(spec: RewriteSpec) -> None:
         )
 
 
-def expected_rewrite_records(local: LocalJob, first: StageRef, shards: Iterable[int]) -> int:
-    """Records the first rewrite stage will see: the filter's kept counts, else estimates."""
+def expected_records(local: LocalJob, ref: StageRef, shards: Iterable[int]) -> int:
+    """Records a stage will see: its input stage's kept counts, else the plan's estimates."""
     total = 0
     for shard in shards:
         marker = None
-        if first.previous is not None:
-            marker = read_marker(local.store, join(local.job.output_uri, first.previous), shard)
+        if ref.previous is not None:
+            marker = read_marker(local.store, join(local.job.output_uri, ref.previous), shard)
         total += marker.stats.kept if marker else local.plan.shards[shard].est_records
     return total
 
@@ -376,5 +366,38 @@ class CountingEngine(Engine):
     def gpus(self) -> int:
         return self.inner.gpus
 
-    def describe(self) -> dict[str, Any]:
-        return self.inner.describe()
+
+# --- exporting ------------------------------------------------------------------------------
+
+
+def export(local: LocalJob, kinds: Sequence[str], output: str, rejects: str) -> dict[str, Any]:
+    """Copy committed results out of the job's folders: the last of `kinds`' outputs to
+    `output`, every stage's rejects to `rejects`; returns per-stage and total stats."""
+    from palimpsest.commit import REJECTS_KIND, read_committed
+    from palimpsest.records import RecordWriter
+    from palimpsest.stats import Stats
+
+    s3 = local.job.storage.s3_settings()
+    kept = RecordWriter(store_for(output, s3), output)
+    rejected = RecordWriter(store_for(rejects, s3), rejects)
+    per_stage: dict[str, Stats] = {}
+    total = Stats()
+    for position, kind in enumerate(kinds):
+        ref = local.document.ref(kind)
+        stats = per_stage.setdefault(kind, Stats())
+        for shard in range(len(local.plan.shards)):
+            marker = read_marker(local.store, ref.uri(local.job.output_uri), shard)
+            if marker is None:
+                raise LocalRunError(f"shard {shard} of {kind} did not commit")
+            stats.merge(marker.stats)
+            for raw in read_committed(local.store, marker, REJECTS_KIND):
+                assert raw.record is not None
+                rejected.write(raw.record)
+            if position == len(kinds) - 1:
+                for raw in read_committed(local.store, marker):
+                    assert raw.record is not None
+                    kept.write(raw.record)
+        total.merge(stats)
+    kept.close()
+    rejected.close()
+    return {"stages": {k: s.to_dict() for k, s in per_stage.items()}, "total": total.to_dict()}

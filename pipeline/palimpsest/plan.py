@@ -68,14 +68,26 @@ class Shard:
             yield from piece.read(store)
 
 
+INPUT_FORMATS = ("auto", "jsonl", "parquet")
+"""How input objects are read: `auto` by their names (.jsonl/.json/.ndjson, optionally .gz or
+.zst, and .parquet; other objects are skipped and listed in the plan), or every object as
+JSONL (compression still by suffix) or as Parquet, whatever its name."""
+
+
 @dataclass(frozen=True)
 class PlanSettings:
-    """How big a shard is: by estimated records, or by input bytes (exactly one is set)."""
+    """How big a shard is (by estimated records, or by input bytes: exactly one is set), and
+    how objects are read (one of INPUT_FORMATS)."""
 
     records_per_shard: int | None = 10_000
     bytes_per_shard: int | None = None
+    format: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.format not in INPUT_FORMATS:
+            raise ValueError(
+                f"input.format: must be one of {', '.join(INPUT_FORMATS)}, got {self.format!r}"
+            )
         if (self.records_per_shard is None) == (self.bytes_per_shard is None):
             raise ValueError("sharding: set exactly one of recordsPerShard and bytesPerShard")
         for name, value in (
@@ -150,21 +162,22 @@ def is_data_object(uri: str, input_uri: str) -> bool:
 def make_plan(store: Store, input_uri: str, settings: PlanSettings) -> ShardPlan:
     """List the input and cut it into shards."""
     listing = [o for o in store.list(input_uri) if is_data_object(o.uri, input_uri)]
-    data, skipped = [], []
+    data: list[tuple[ObjectInfo, str]] = []
+    skipped = []
     for obj in listing:
-        try:
-            format_of(obj.uri)
-            data.append(obj)
-        except ValueError:
+        fmt = object_format(obj.uri, settings.format)
+        if fmt is None:
             skipped.append(obj.uri)
+        else:
+            data.append((obj, fmt))
     if not data:
         raise ValueError(f"input {input_uri}: no .jsonl[.gz|.zst] or .parquet objects found")
     pieces: list[Piece] = []
-    for obj in data:
-        pieces.extend(_pieces_of(store, obj, settings))
+    for obj, fmt in data:
+        pieces.extend(_pieces_of(store, obj, fmt, settings))
     shards = _group(pieces, settings)
     return ShardPlan(
-        plan_id=plan_id_of(input_uri, data, settings),
+        plan_id=plan_id_of(input_uri, [obj for obj, _ in data], settings),
         input_uri=input_uri,
         settings=settings,
         shards=shards,
@@ -172,8 +185,17 @@ def make_plan(store: Store, input_uri: str, settings: PlanSettings) -> ShardPlan
     )
 
 
-def _pieces_of(store: Store, obj: ObjectInfo, settings: PlanSettings) -> list[Piece]:
-    fmt = format_of(obj.uri)
+def object_format(uri: str, setting: str) -> str | None:
+    """How one object is read under the `format` setting; None: not data (skipped)."""
+    if setting != "auto":
+        return setting
+    try:
+        return format_of(uri)
+    except ValueError:
+        return None
+
+
+def _pieces_of(store: Store, obj: ObjectInfo, fmt: str, settings: PlanSettings) -> list[Piece]:
     if fmt == PARQUET:
         return _parquet_pieces(store, obj, settings)
     bytes_per_record = _sample_bytes_per_record(store, obj)

@@ -7,8 +7,10 @@ code and LaTeX in a prompt alone. A prompt's identity is the SHA-256 of its file
 goes into the stage id and each output record's metadata, so editing a prompt re-runs its stage.
 
 A job can bring its own prompt files: `load_stage_prompt` looks in a directory given by the
-caller or by the PALIMPSEST_PROMPTS_DIR environment variable (e.g. a mounted ConfigMap) before
-falling back to the built-in files. Every error names the file it is about.
+caller or by the PALIMPSEST_PROMPTS_DIR environment variable before falling back to the
+built-in files; the operator reads them from a ConfigMap. Once loaded, a prompt travels inside
+the job document (`Prompt.to_dict`), so workers use exactly the text the stage id was computed
+from. Every error names the file it is about.
 """
 
 from __future__ import annotations
@@ -34,15 +36,6 @@ repo). An install without the repo must point PALIMPSEST_PROMPTS_DIR at a copy."
 
 PROMPT_SUFFIX: Final = ".yaml"
 
-STAGE_FIELDS: Final[Mapping[str, frozenset[str]]] = {
-    "code-sgcr": frozenset({"text"}),
-    "code-scor": frozenset({"text"}),
-    "math-rewrite": frozenset({"text"}),
-    "instruct-response": frozenset({"text"}),
-    "instruct-translate": frozenset({"text", "language"}),
-}
-"""Each stage's prompt name and the fields the stage fills in; every stage sends `{{text}}`."""
-
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _REQUIRED_KEYS: Final = ("system", "user")
 _OPTIONAL_KEYS: Final = ("description",)
@@ -66,11 +59,23 @@ class Prompt:
     user: str
     sha256: str
     path: Path
+    text: str
+    """The file's whole text, as read (its SHA-256 is `sha256`)."""
 
     @property
     def fields(self) -> frozenset[str]:
         """The placeholders the templates use."""
         return placeholders(self.system) | placeholders(self.user)
+
+    def to_dict(self) -> dict[str, str]:
+        """The prompt as the job document carries it: its file's text, name and origin."""
+        return {"name": self.name, "path": str(self.path), "text": self.text}
+
+    @staticmethod
+    def from_dict(data: Mapping[str, str], allowed_fields: frozenset[str]) -> Prompt:
+        return parse_prompt(
+            Path(data["path"]), data["text"].encode("utf-8"), allowed_fields, data["name"]
+        )
 
     def render(self, **fields: str) -> tuple[ChatMessage, ...]:
         """The chat messages for one input: a system turn (if any) and the user turn."""
@@ -98,34 +103,41 @@ def load_prompt(path: Path, allowed_fields: frozenset[str] | None = None) -> Pro
         raise PromptError(f"{path}: prompt file not found") from None
     except OSError as exc:
         raise PromptError(f"{path}: cannot read prompt file: {exc}") from exc
+    return parse_prompt(path, data, allowed_fields)
+
+
+def parse_prompt(
+    path: Path, data: bytes, allowed_fields: frozenset[str] | None = None, name: str | None = None
+) -> Prompt:
+    """A prompt from a file's bytes; `path` only names it in errors and metadata."""
     doc = _parse(path, data)
     prompt = Prompt(
-        name=path.name.removesuffix(PROMPT_SUFFIX),
+        name=name or path.name.removesuffix(PROMPT_SUFFIX),
         description=doc.get("description", ""),
         system=doc["system"],
         user=doc["user"],
         sha256=hashlib.sha256(data).hexdigest(),
         path=path,
+        text=data.decode("utf-8"),
     )
     if allowed_fields is not None:
         _check_fields(prompt, allowed_fields)
+        if "text" not in placeholders(prompt.user):
+            raise PromptError(f"{prompt.path}: the user template must contain {{{{text}}}}")
     return prompt
 
 
-def load_stage_prompt(stage: str, override_dir: Path | None = None) -> Prompt:
-    """The prompt of a stage (a key of STAGE_FIELDS), e.g. `code-sgcr`.
+def load_stage_prompt(
+    name: str, allowed_fields: frozenset[str], override_dir: Path | None = None
+) -> Prompt:
+    """The prompt file `name` (e.g. `code-sgcr`) of a stage that fills `allowed_fields`.
 
     Looks in `override_dir` if given, else in $PALIMPSEST_PROMPTS_DIR if set, else in the
     built-in directory. A directory that is given must hold the stage's file: there is no
     silent fallback to the built-in prompt.
     """
-    if stage not in STAGE_FIELDS:
-        raise PromptError(f"unknown prompt stage {stage!r}; known: {', '.join(STAGE_FIELDS)}")
     directory = prompts_dir(override_dir)
-    prompt = load_prompt(directory / f"{stage}{PROMPT_SUFFIX}", STAGE_FIELDS[stage])
-    if "text" not in placeholders(prompt.user):
-        raise PromptError(f"{prompt.path}: the user template must contain {{{{text}}}}")
-    return prompt
+    return load_prompt(directory / f"{name}{PROMPT_SUFFIX}", allowed_fields)
 
 
 def prompts_dir(override_dir: Path | None = None) -> Path:

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from palimpsest.chain import StageRef
 from palimpsest.commit import REJECTS_KIND, read_committed, read_marker
+from palimpsest.identity import StageRef
+from palimpsest.recordfields import META_FIELD
 from palimpsest.records import Record
-from palimpsest.rewrite.stages import META_FIELD
 from palimpsest.stats import SCORE_BUCKET, Stats
 from palimpsest.storage import Store
 

@@ -15,7 +15,7 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -48,6 +48,10 @@ class ObjectInfo:
     etag: str
 
 
+Listing = list[ObjectInfo]
+"""Objects of a listing, in URI order."""
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith(S3_SCHEME)
 
@@ -74,6 +78,8 @@ class Store(Protocol):
     """The operations the pipeline needs from a storage backend."""
 
     def list(self, prefix: str) -> list[ObjectInfo]: ...
+
+    def list_after(self, prefix: str, after: str, limit: int) -> Listing: ...
 
     def size(self, uri: str) -> int: ...
 
@@ -106,6 +112,14 @@ class LocalStore:
             stat = path.stat()
             infos.append(ObjectInfo(str(path), stat.st_size, f"{stat.st_mtime_ns}-{stat.st_size}"))
         return infos
+
+    def list_after(self, prefix: str, after: str, limit: int) -> Listing:
+        """At most `limit` files under the folder `prefix` whose path sorts after `after`."""
+        try:
+            infos = self.list(prefix)
+        except StorageError:
+            return []
+        return [i for i in infos if i.uri > after][:limit]
 
     def size(self, uri: str) -> int:
         return Path(uri).stat().st_size
@@ -184,15 +198,33 @@ class _LimitedReader:
 
 
 class S3Store:
-    """Objects behind an S3 API, through one boto3 client per store."""
+    """Objects behind an S3 API, through one boto3 client per store.
 
-    def __init__(self, settings: S3Settings) -> None:
+    `credentials` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, optionally AWS_SESSION_TOKEN)
+    replace the process's own, e.g. those of the Secret a RewriteJob names."""
+
+    def __init__(
+        self,
+        settings: S3Settings,
+        credentials: Mapping[str, str] | None = None,
+        max_pool_connections: int = 10,
+    ) -> None:
         import boto3
         from botocore.config import Config
 
-        config = Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"})
+        config = Config(
+            retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+            max_pool_connections=max_pool_connections,
+        )
+        keys = credentials or {}
         self._client: Any = boto3.client(
-            "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            region_name=settings.region,
+            aws_access_key_id=keys.get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=keys.get("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=keys.get("AWS_SESSION_TOKEN"),
+            config=config,
         )
 
     def list(self, prefix: str) -> list[ObjectInfo]:
@@ -206,6 +238,19 @@ class S3Store:
                 )
         infos.sort(key=lambda info: info.uri)
         return infos
+
+    def list_after(self, prefix: str, after: str, limit: int) -> Listing:
+        """At most `limit` objects under `prefix` whose URI sorts after `after`, in order:
+        one LIST request."""
+        bucket, key = split_s3(prefix)
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key, "MaxKeys": limit}
+        if after:
+            kwargs["StartAfter"] = split_s3(after)[1]
+        page = self._client.list_objects_v2(**kwargs)
+        return [
+            ObjectInfo(f"s3://{bucket}/{item['Key']}", int(item["Size"]), item["ETag"])
+            for item in page.get("Contents", [])
+        ]
 
     def size(self, uri: str) -> int:
         bucket, key = split_s3(uri)

@@ -441,15 +441,6 @@ def scripted_model(body: dict[str, Any]) -> Reply:
     )
 
 
-@pytest.mark.skipif(
-    subprocess.run(
-        [str(REPO / ".venv" / "bin" / "palimpsest"), "worker", "rewrite", "--help"],
-        capture_output=True,
-        check=False,
-    ).returncode
-    != 0,
-    reason="the rewrite worker is not available",
-)
 def test_filter_and_rewrite_with_an_openai_engine(
     k8s_cluster: Cluster, namespace: str, operator: Operator
 ) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from palimpsest.filtering import CodeFilter, FilterSettings
 from palimpsest.lint.pool import LintPool
 from palimpsest.lint.reference import published_score
-from palimpsest.records import RawRecord, Record
+from palimpsest.records import Fields, RawRecord, Record
+from palimpsest.stages.filter import CodeFilter, FilterSettings
 from palimpsest.stats import Stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,9 +35,9 @@ def samples() -> list[str]:
 def run(texts: list[str], exact: bool) -> list[Record]:
     out: list[Record] = []
     items = [RawRecord("t", i, {"id": i, "text": t}) for i, t in enumerate(texts)]
-    settings = FilterSettings(workers=2, exact_scores=exact)
+    settings = FilterSettings(exact_scores=exact)
     with LintPool(2) as pool:
-        CodeFilter(settings, pool).run(items, out.append, out.append, Stats())
+        CodeFilter(settings, pool, Fields(), 2).run(items, out.append, out.append, Stats())
     return sorted(out, key=lambda r: r["id"])
 
 

@@ -21,10 +21,13 @@ import pytest
 
 from palimpsest.cli import main
 from palimpsest.commit import REJECTS_KIND, read_committed, read_marker
-from palimpsest.plan import PlanSettings, make_plan
+from palimpsest.engines.settings import EngineSettings
+from palimpsest.job import Job
+from palimpsest.localrun import LocalJob
 from palimpsest.records import read_all_jsonl
 from palimpsest.rewrite.checkpoint import load_checkpoints, resume
 from palimpsest.storage import LocalStore, S3Settings, S3Store, store_for
+from tests.support.jobs import make_job, prepared, worker_command
 from tests.support.openai_server import Reply, ScriptedOpenAIServer
 from tests.support.s3server import S3Server
 
@@ -161,65 +164,60 @@ def test_swallowcode_rejects_and_token_totals(server: ScriptedOpenAIServer, tmp_
     assert stats["total"]["tokens"]["prompt"] == sgcr["tokens"]["prompt"] + scor["tokens"]["prompt"]
 
 
-def plan_to(tmp_path: Path, records: int, per_shard: int) -> str:
+def openai_engine(server: ScriptedOpenAIServer, **settings: Any) -> EngineSettings:
+    return EngineSettings(type="openai", model="scripted", base_url=server.base_url, **settings)
+
+
+def code_job(
+    input_uri: str,
+    output: str,
+    server: ScriptedOpenAIServer,
+    per_shard: int,
+    stages: tuple[str, ...] = ("sgcr", "scor"),
+    **settings: Any,
+) -> Job:
+    return make_job(
+        input_uri,
+        output,
+        stages,
+        records_per_shard=per_shard,
+        engine=openai_engine(server, **settings),
+    )
+
+
+def local_input(tmp_path: Path, records: int) -> str:
     (tmp_path / "in").mkdir()
     write_input(
         tmp_path / "in" / "data.jsonl",
         [{"id": f"r{i:03d}", "text": code(i)} for i in range(records)],
     )
-    store = LocalStore()
-    plan = make_plan(store, str(tmp_path / "in"), PlanSettings(records_per_shard=per_shard))
-    plan_uri = str(tmp_path / "plan.json")
-    store.put_bytes(plan_uri, plan.to_json())
-    return plan_uri
+    return str(tmp_path / "in")
 
 
-def worker_argv(plan: str, output: str, server: ScriptedOpenAIServer, *extra: str) -> list[str]:
-    return [
-        "worker",
-        "rewrite",
-        "--plan",
-        plan,
-        "--output",
-        output,
-        "--recipe",
-        "swallowcode",
-        "--stages",
-        "sgcr,scor",
-        *engine_flags(server),
-        *extra,
-    ]
-
-
-def stage_uris(output: str) -> dict[str, str]:
-    found = {}
-    for path in Path(output).iterdir():
-        found[path.name.split("-")[0]] = str(path)
-    return found
+def stage_uris(local: LocalJob) -> dict[str, str]:
+    return {ref.kind: ref.uri(local.job.output_uri) for ref in local.refs}
 
 
 def test_kill_and_resume(tmp_path: Path) -> None:
     total = 24
-    plan = plan_to(tmp_path, total, per_shard=12)
     output = str(tmp_path / "out")
     scripted = ScriptedOpenAIServer()
     scripted.default = model_like(delay=0.15)
     with scripted.run() as server:
-        argv = worker_argv(
-            plan,
-            output,
-            server,
+        job = code_job(local_input(tmp_path, total), output, server, 12, max_in_flight=2)
+        local = prepared(job)
+        argv = worker_command(
+            local,
+            ("sgcr", "scor"),
             "--index",
             "0",
             "--shards-per-index",
-            "2",
-            "--max-in-flight",
             "2",
             "--checkpoint-records",
             "2",
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "palimpsest.cli", *argv],
+            argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=REPO,
@@ -235,7 +233,7 @@ def test_kill_and_resume(tmp_path: Path) -> None:
         proc.wait()
         first_run = server.served()
         store = LocalStore()
-        uris = stage_uris(output)
+        uris = stage_uris(local)
         saved = {
             kind: sum(len(resume(load_checkpoints(store, uris[kind], s)).done) for s in (0, 1))
             for kind in ("sgcr", "scor")
@@ -244,7 +242,7 @@ def test_kill_and_resume(tmp_path: Path) -> None:
         assert first_run < 2 * total
 
         result = subprocess.run(
-            [sys.executable, "-m", "palimpsest.cli", *argv],
+            argv,
             capture_output=True,
             text=True,
             cwd=REPO,
@@ -271,7 +269,7 @@ def test_kill_and_resume(tmp_path: Path) -> None:
             assert sorted(ids) == [f"r{i:03d}" for i in range(total)], kind
 
         again = subprocess.run(
-            [sys.executable, "-m", "palimpsest.cli", *argv],
+            argv,
             capture_output=True,
             text=True,
             cwd=REPO,
@@ -292,44 +290,32 @@ def test_worker_block_on_s3(
     store = S3Store(S3Settings(endpoint_url=s3_server.endpoint))
     lines = "\n".join(json.dumps({"id": f"m{i}", "text": code(i)}) for i in range(9)) + "\n"
     store.put_bytes(f"s3://{s3_bucket}/in/a.jsonl", lines.encode())
-    plan = make_plan(store, f"s3://{s3_bucket}/in/", PlanSettings(records_per_shard=3))
-    assert len(plan.shards) >= 2
-    plan_uri = f"s3://{s3_bucket}/plan.json"
-    store.put_bytes(plan_uri, plan.to_json())
     output = f"s3://{s3_bucket}/out"
-    env = {**os.environ, "JOB_COMPLETION_INDEX": "0"}
-    argv = worker_argv(
-        plan_uri,
+    job = make_job(
+        f"s3://{s3_bucket}/in/",
         output,
-        server,
+        ("sgcr", "scor"),
+        records_per_shard=3,
+        endpoint=s3_server.endpoint,
+        engine=openai_engine(server),
+    )
+    local = prepared(job)
+    plan = local.plan
+    assert len(plan.shards) >= 2
+    env = {**os.environ, "JOB_COMPLETION_INDEX": "0", **s3_server.env()}
+    argv = worker_command(
+        local,
+        ("sgcr", "scor"),
         "--shards-per-index",
         str(len(plan.shards)),
-        "--s3-endpoint",
-        s3_server.endpoint,
         "--checkpoint-records",
         "1",
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "palimpsest.cli", *argv],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=120,
-    )
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from palimpsest.engines import EngineSettings
-    from palimpsest.rewrite.job import RewriteSpec, stage_plans
-
-    spec = RewriteSpec(
-        "swallowcode",
-        ("sgcr", "scor"),
-        EngineSettings(type="openai", model="scripted", base_url=server.base_url),
-    )
-    refs = [p.ref for p in stage_plans(spec, plan.plan_id)]
     s3 = store_for(output, S3Settings(endpoint_url=s3_server.endpoint))
     total_tokens = 0
-    for ref in refs:
+    for ref in local.refs:
         for shard in range(len(plan.shards)):
             marker = read_marker(s3, ref.uri(output), shard)
             assert marker is not None, (ref.kind, shard)
@@ -343,12 +329,7 @@ def test_worker_block_on_s3(
     assert total_tokens == 9 * (sum(SGCR_TOKENS) + sum(SCOR_TOKENS))
 
     bad = subprocess.run(
-        [sys.executable, "-m", "palimpsest.cli", *argv, "--index", "99"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=60,
+        [*argv, "--index", "99"], capture_output=True, text=True, cwd=REPO, env=env, timeout=60
     )
     assert bad.returncode == 3
 
@@ -413,13 +394,6 @@ def test_instruct_translate_then_n_responses(server: ScriptedOpenAIServer, tmp_p
 def test_worker_reads_a_committed_filter_stage(
     server: ScriptedOpenAIServer, tmp_path: Path
 ) -> None:
-    from palimpsest.chain import job_stages
-    from palimpsest.engines import EngineSettings
-    from palimpsest.filtering import FilterSettings
-    from palimpsest.lint.pool import LintPool
-    from palimpsest.prompts import load_stage_prompt
-    from palimpsest.shardrun import filter_stage_id, run_filter_shard
-
     good = (
         '"""Totals."""\n\n\ndef total(values: list[int]) -> int:\n'
         '    """Sum."""\n    return sum(values)\n'
@@ -429,83 +403,39 @@ def test_worker_reads_a_committed_filter_stage(
         tmp_path / "in" / "a.jsonl",
         [{"id": "ok", "text": good}, {"id": "bad", "text": "def broken(:\n"}],
     )
-    store = LocalStore()
-    plan = make_plan(store, str(tmp_path / "in"), PlanSettings(records_per_shard=10))
-    plan_uri = str(tmp_path / "plan.json")
-    store.put_bytes(plan_uri, plan.to_json())
     output = str(tmp_path / "out")
-    settings = FilterSettings(workers=1)
-    with LintPool(1, settings.time_limit) as pool:
-        run_filter_shard(store, plan, 0, output, settings, pool)
-    filter_id = filter_stage_id(plan.plan_id, settings)
+    local = prepared(code_job(str(tmp_path / "in"), output, server, 10, ("filter", "sgcr", "scor")))
+    rewrite = worker_command(local, ("sgcr", "scor"), "--index", "0")
+    early = subprocess.run(rewrite, capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert early.returncode == 1  # the filter has not committed yet: retry later
+    assert server.served() == 0
 
-    argv = worker_argv(plan_uri, output, server, "--index", "0", "--input-stage", filter_id)
-    proc = subprocess.run(
-        [sys.executable, "-m", "palimpsest.cli", *argv],
+    filtered = subprocess.run(
+        worker_command(local, ("filter",), "--index", "0", "--workers", "1"),
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=120,
     )
+    assert filtered.returncode == 0, filtered.stderr[-3000:]
+    proc = subprocess.run(rewrite, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    engine = EngineSettings(type="openai", model="scripted", base_url=server.base_url)
-    prompts = {k: load_stage_prompt(f"code-{k}") for k in ("sgcr", "scor")}
-    refs = job_stages(
-        plan.plan_id, "swallowcode", ("filter", "sgcr", "scor"), settings, engine, prompts
-    )
-    assert refs[0].stage_id == filter_id
-    for ref in refs[1:]:  # the ids the operator computes for the whole chain
+    store = LocalStore()
+    for ref in local.refs[1:]:  # the ids the operator computes for the whole chain
         marker = read_marker(store, ref.uri(output), 0)
         assert marker is not None, ref.kind
         assert marker.stats.records_in == 1  # only the record the filter kept
     assert server.served() == 2
 
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "palimpsest.cli",
-            *worker_argv(
-                plan_uri,
-                str(tmp_path / "elsewhere"),
-                server,
-                "--index",
-                "0",
-                "--input-stage",
-                filter_id,
-            ),
-        ],
+    wrong_group = subprocess.run(
+        worker_command(local, ("scor",), "--index", "0"),
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=60,
     )
-    assert missing.returncode == 1  # the input stage has not committed there: retry later
-    config = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "palimpsest.cli",
-            "worker",
-            "rewrite",
-            "--plan",
-            plan_uri,
-            "--output",
-            output,
-            "--recipe",
-            "instruct",
-            "--stages",
-            "translate,response",
-            "--index",
-            "0",
-            *engine_flags(server),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
-    assert config.returncode == 3  # translate without --language
+    assert wrong_group.returncode == 3  # not a stage group of the job
+    assert "not a stage group" in wrong_group.stderr
 
 
 def test_local_rewrite_with_work_dir_reruns_for_free(

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 from palimpsest.commit import REJECTS_KIND, read_committed, read_marker
-from palimpsest.plan import PlanSettings, make_plan
+from palimpsest.engines.base import SamplingSettings
+from palimpsest.engines.settings import EngineSettings
 from palimpsest.storage import LocalStore
+from tests.support.jobs import make_job, prepared, worker_command
 from tests.vllm import env
 
 pytestmark = pytest.mark.integration
@@ -45,7 +47,7 @@ RECORDS = 10
 LONG = " ".join(f"word{i} value{i * 7}" for i in range(800))
 
 
-def write_plan(tmp_path: Path) -> str:
+def write_input(tmp_path: Path) -> str:
     (tmp_path / "in").mkdir()
     lines = []
     for i in range(RECORDS):
@@ -53,48 +55,31 @@ def write_plan(tmp_path: Path) -> str:
         lines.append(json.dumps({"id": f"m{i}", "text": text}))
     lines.append(json.dumps({"id": "too-long", "text": LONG}))
     (tmp_path / "in" / "math.jsonl").write_text("\n".join(lines) + "\n")
-    store = LocalStore()
-    plan = make_plan(store, str(tmp_path / "in"), PlanSettings(records_per_shard=6))
-    assert len(plan.shards) == 2
-    plan_uri = str(tmp_path / "plan.json")
-    store.put_bytes(plan_uri, plan.to_json())
-    return plan_uri
+    return str(tmp_path / "in")
 
 
 def test_worker_on_vllm(vllm_python: Path, tiny_model: Path, tmp_path: Path) -> None:
-    plan = write_plan(tmp_path)
     output = str(tmp_path / "out")
-    argv = [
-        str(vllm_python),
-        "-m",
-        "palimpsest.cli",
-        "worker",
-        "rewrite",
-        "--plan",
-        plan,
-        "--output",
+    engine = EngineSettings(
+        type="vllm",
+        model=str(tiny_model),
+        max_model_len=2048,
+        dtype="float32",
+        sampling=SamplingSettings(max_tokens=24),
+        engine_args={"enforce_eager": True, "max_num_seqs": 8},
+    )
+    job = make_job(
+        write_input(tmp_path),
         output,
-        "--recipe",
-        "swallowmath",
-        "--index",
-        "0",
-        "--shards-per-index",
-        "2",
-        "--engine",
-        "vllm",
-        "--model",
-        str(tiny_model),
-        "--max-model-len",
-        "2048",
-        "--max-tokens",
-        "24",
-        "--dtype",
-        "float32",
-        "--engine-arg",
-        "enforce_eager=true",
-        "--engine-arg",
-        "max_num_seqs=8",
-    ]
+        ("math",),
+        recipe="swallowmath",
+        records_per_shard=6,
+        engine=engine,
+    )
+    local = prepared(job)
+    assert len(local.plan.shards) == 2
+    argv = worker_command(local, ("math",), "--index", "0", "--shards-per-index", "2")
+    argv[0] = str(vllm_python)
     started = time.monotonic()
     proc = subprocess.run(
         argv, capture_output=True, text=True, timeout=600, env=env.subprocess_env(), cwd=env.REPO

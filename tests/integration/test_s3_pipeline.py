@@ -12,11 +12,11 @@ import boto3
 import pytest
 
 from palimpsest.commit import read_committed, read_marker
-from palimpsest.filtering import FilterSettings
+from palimpsest.localrun import LocalJob
 from palimpsest.plan import PlanSettings, ShardPlan, make_plan
 from palimpsest.records import RecordWriter
-from palimpsest.shardrun import filter_stage_id
 from palimpsest.storage import S3Settings, S3Store, store_for
+from tests.support.jobs import make_job, prepared, worker_command
 from tests.support.s3server import S3Server
 
 pytestmark = pytest.mark.integration
@@ -68,22 +68,26 @@ def test_byte_range_shards_cover_s3_objects_exactly_once(
     assert len(ids) == 400 == len(set(ids))
 
 
-def worker_call(
-    server: S3Server, plan_uri: str, out: str, index: int
-) -> tuple[list[str], dict[str, str]]:
+def filter_job(server: S3Server, bucket: str, out: str, per_shard: int) -> LocalJob:
+    """The filter job over s3://bucket/in/, planned and documented as the operator does."""
+    job = make_job(f"s3://{bucket}/in/", out, records_per_shard=per_shard, endpoint=server.endpoint)
+    return prepared(job)
+
+
+def worker_call(server: S3Server, local: LocalJob, index: int) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of a filter worker pod for one shard."""
-    cmd = [sys.executable, "-m", "palimpsest.cli", "worker", "filter", "--plan", plan_uri,
-           "--output", out, "--workers", "1"]  # fmt: skip
+    cmd = worker_command(local, ("filter",), "--workers", "1")
     return cmd, {**os.environ, **server.env(), "JOB_COMPLETION_INDEX": str(index)}
 
 
-def run_worker(
-    server: S3Server, plan_uri: str, out: str, index: int
-) -> subprocess.CompletedProcess[str]:
-    cmd, env = worker_call(server, plan_uri, out, index)
-    return subprocess.run(
+def run_worker(server: S3Server, local: LocalJob, index: int) -> dict[str, object]:
+    cmd, env = worker_call(server, local, index)
+    done = subprocess.run(
         cmd, env=env, capture_output=True, text=True, cwd=REPO, check=False, timeout=300
     )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)["shards"][str(index)]
+    return result
 
 
 def test_worker_commits_each_shard_once_and_reruns_are_no_ops(
@@ -91,20 +95,13 @@ def test_worker_commits_each_shard_once_and_reruns_are_no_ops(
 ) -> None:
     put_input(s3_server, s3_bucket, n=30)
     s3 = store(s3_server)
-    plan = make_plan(s3, f"s3://{s3_bucket}/in/", PlanSettings(records_per_shard=20))
-    plan_uri = f"s3://{s3_bucket}/plans/{plan.plan_id}.json"
-    s3.put_bytes(plan_uri, plan.to_json())
-    out = f"s3://{s3_bucket}/out"
-    for index in range(len(plan.shards)):
-        first = run_worker(s3_server, plan_uri, out, index)
-        assert first.returncode == 0, first.stderr
-        assert json.loads(first.stdout)["committed"] is True
-        again = run_worker(s3_server, plan_uri, out, index)
-        assert again.returncode == 0
-        assert json.loads(again.stdout)["already_done"] is True
-    stage_uri = f"{out}/{filter_stage_id(plan.plan_id, FilterSettings())}"
+    local = filter_job(s3_server, s3_bucket, f"s3://{s3_bucket}/out", per_shard=20)
+    for index in range(len(local.plan.shards)):
+        assert run_worker(s3_server, local, index)["committed"] is True
+        assert run_worker(s3_server, local, index)["already_done"] is True
+    stage_uri = local.refs[0].uri(local.job.output_uri)
     kept, rejected = [], []
-    for index in range(len(plan.shards)):
+    for index in range(len(local.plan.shards)):
         marker = read_marker(s3, stage_uri, index)
         assert marker is not None
         kept += [r.record for r in read_committed(s3, marker) if r.record]
@@ -119,19 +116,16 @@ def test_two_attempts_racing_on_one_shard_commit_exactly_once(
 ) -> None:
     put_input(s3_server, s3_bucket, n=30)
     s3 = store(s3_server)
-    plan = make_plan(s3, f"s3://{s3_bucket}/in/", PlanSettings(records_per_shard=100))
-    plan_uri = f"s3://{s3_bucket}/plans/p.json"
-    s3.put_bytes(plan_uri, plan.to_json())
-    out = f"s3://{s3_bucket}/race"
-    cmd, env = worker_call(s3_server, plan_uri, out, 0)
+    local = filter_job(s3_server, s3_bucket, f"s3://{s3_bucket}/race", per_shard=100)
+    cmd, env = worker_call(s3_server, local, 0)
     procs = [
         subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
-    results = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
+    results = [json.loads(p.communicate(timeout=300)[0])["shards"]["0"] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(r["committed"] for r in results) in ([False, True], [False, False])
-    stage_uri = f"{out}/{filter_stage_id(plan.plan_id, FilterSettings())}"
+    stage_uri = local.refs[0].uri(local.job.output_uri)
     marker = read_marker(s3, stage_uri, 0)
     assert marker is not None
     listed = {o.uri for o in s3.list(f"{stage_uri}/")} - {f"{stage_uri}/_markers/shard-000000.json"}

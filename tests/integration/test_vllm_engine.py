@@ -142,12 +142,10 @@ def test_n_completions_count_the_prompt_once(probe: dict[str, Any]) -> None:
     assert n2["prompt_tokens"] == probe["expected_prompt_tokens"][0]
 
 
-def test_engine_reports_itself(probe: dict[str, Any], model_url: str) -> None:
+def test_engine_reports_itself(probe: dict[str, Any]) -> None:
     assert probe["gpus"] == 0  # the CPU build holds no GPU
-    described = probe["describe"]
-    assert described["model"] == model_url
-    assert described["vllm_version"] == env.pinned_vllm_version()
-    assert described["sampling"]["max_tokens"] == engine_probe.MAX_TOKENS
+    assert probe["vllm_version"] == env.pinned_vllm_version()
+    assert probe["tool_problems"] == []  # the env the workers check their pins against
     assert probe["engine_seconds"] >= probe["load_seconds"] > 0
     assert probe["engine_seconds_after_close"] >= probe["engine_seconds"]
     assert probe["burst"]["generated_tokens"] > 0

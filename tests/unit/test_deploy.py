@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from palimpsest.jobspec import parse_job
+from palimpsest.job import parse_job
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "palimpsest"

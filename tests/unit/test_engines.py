@@ -64,36 +64,10 @@ def test_bad_engine_settings_name_the_field(values: dict[str, Any], field: str) 
         EngineSettings(**{**base, **values})
 
 
-def test_settings_from_a_spec_mapping() -> None:
-    settings = EngineSettings.from_dict(
-        {
-            "type": "vllm",
-            "model": "s3://models/llama",
-            "revision": "abc123",
-            "tensor_parallel_size": 4,
-            "dtype": "bfloat16",
-            "sampling": {"max_tokens": 2048, "seed": 1},
-            "engine_args": {"max_num_seqs": 64},
-        }
-    )
-    assert settings.sampling == SamplingSettings(max_tokens=2048, seed=1)
-    assert settings.tensor_parallel_size == 4
-    assert settings.in_flight == 512
+def test_in_flight_defaults_per_engine_type() -> None:
+    assert EngineSettings(type="vllm", model="m").in_flight == 512
     assert EngineSettings(type="openai", model="m", base_url="http://h/v1").in_flight == 64
-
-
-@pytest.mark.parametrize(
-    ("data", "field"),
-    [
-        ({"type": "vllm", "model": "m", "temprature": 1}, "temprature"),
-        ({"type": "vllm", "model": "m", "sampling": {"topp": 1}}, "sampling.topp"),
-        ({"type": "vllm", "model": "m", "sampling": {"top_p": 2}}, "sampling.top_p"),
-        ({"type": "vllm"}, "engine settings"),
-    ],
-)
-def test_settings_from_a_bad_mapping_name_the_field(data: dict[str, Any], field: str) -> None:
-    with pytest.raises(EngineSettingsError, match=f"^{field}"):
-        EngineSettings.from_dict(data)
+    assert EngineSettings(type="vllm", model="m", max_in_flight=3).in_flight == 3
 
 
 def test_factory_builds_the_right_engine_without_loading_anything() -> None:
@@ -103,40 +77,6 @@ def test_factory_builds_the_right_engine_without_loading_anything() -> None:
     assert vllm.engine_seconds == 0.0
     openai = make_engine(EngineSettings(type="openai", model="m", base_url="http://h/v1"))
     assert isinstance(openai, OpenAIEngine)
-
-
-def test_vllm_describe_has_what_decides_results_and_not_what_does_not() -> None:
-    engine = make_engine(
-        EngineSettings(
-            type="vllm",
-            model="s3://b/llama",
-            revision="r7",
-            dtype="bfloat16",
-            max_model_len=16384,
-            tensor_parallel_size=4,
-            gpu_memory_utilization=0.8,
-        )
-    )
-    described = engine.describe()
-    assert described["model"] == "s3://b/llama"
-    assert described["revision"] == "r7"
-    assert described["dtype"] == "bfloat16"
-    assert described["max_model_len"] == 16384
-    assert described["sampling"]["temperature"] == 0.2
-    assert "vllm_version" in described
-    assert "tensor_parallel_size" not in described
-    assert "gpu_memory_utilization" not in described
-
-
-def test_vllm_describe_leaves_out_engine_args_that_only_change_speed() -> None:
-    engine = make_engine(
-        EngineSettings(
-            type="vllm",
-            model="m",
-            engine_args={"max_num_seqs": 8, "enforce_eager": True, "quantization": "fp8"},
-        )
-    )
-    assert engine.describe()["engine_args"] == {"quantization": "fp8"}
 
 
 def test_importing_the_engines_loads_neither_vllm_nor_httpx() -> None:

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from palimpsest.filtering import CodeFilter, FilterSettings
 from palimpsest.lint.linter import SampleLinter
 from palimpsest.lint.pool import LintPool
-from palimpsest.records import RawRecord, Record, read_jsonl
+from palimpsest.records import Fields, RawRecord, Record, read_jsonl
+from palimpsest.stages.filter import CodeFilter, FilterSettings
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
 
@@ -47,7 +47,7 @@ def run_filter(
     kept: list[Record] = []
     rejected: list[Record] = []
     stats = Stats()
-    CodeFilter(FilterSettings(workers=2, **settings), pool).run(
+    CodeFilter(FilterSettings(**settings), pool, Fields(), workers=2).run(
         items, kept.append, rejected.append, stats
     )
     return kept, rejected, stats

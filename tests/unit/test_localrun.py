@@ -9,18 +9,11 @@ from typing import Any
 import pytest
 import yaml
 
-from palimpsest.chain import StageRef
 from palimpsest.cli import main
-from palimpsest.localrun import (
-    LocalOptions,
-    LocalRunError,
-    load_job,
-    prepare,
-    resolve_uri,
-    rewrite_spec,
-    stage_groups,
-)
-from palimpsest.rewrite.job import stage_plans
+from palimpsest.document import read_document
+from palimpsest.localrun import LocalOptions, LocalRunError, load_job, prepare, resolve_uri
+from palimpsest.stagerun import llm_plans
+from palimpsest.storage import LocalStore
 
 
 def write_job(tmp_path: Path, spec: dict[str, Any]) -> Path:
@@ -65,8 +58,7 @@ def test_relative_paths_are_taken_from_the_cwd(workdir: Path) -> None:
 def test_options_replace_model_and_output(workdir: Path) -> None:
     options = LocalOptions(model="/models/local", output="elsewhere")
     job = load_job(write_job(workdir, code_spec()), options)
-    assert job.engine_settings() is not None
-    assert job.rewrite is not None and job.rewrite.engine.model == "/models/local"
+    assert job.engine.model == "/models/local"
     assert job.output_uri == str(workdir / "elsewhere")
 
 
@@ -101,8 +93,10 @@ def test_ids_match_the_rewrite_worker_and_limit_changes_them(workdir: Path) -> N
     assert [r.kind for r in full.refs] == ["filter", "sgcr", "scor"]
     assert len(full.plan.shards) == 3
     group = list(full.refs[1:])
-    assert [p.ref for p in stage_plans(rewrite_spec(job, group), full.plan.plan_id)] == group
+    assert [p.ref for p in llm_plans(full.document, ("sgcr", "scor"))] == group
     assert list((workdir / "out" / "_plans").glob(f"plan-{full.plan.plan_id}.json"))
+    (written,) = (workdir / "out" / "_jobs").iterdir()
+    assert read_document(LocalStore(), str(written)).stage_refs() == full.refs
 
     limited = prepare(job, LocalOptions(limit=3))
     again = prepare(job, LocalOptions(limit=3))
@@ -113,16 +107,11 @@ def test_ids_match_the_rewrite_worker_and_limit_changes_them(workdir: Path) -> N
     assert [json.loads(line)["id"] for line in copy] == ["r0", "r1", "r2"]
 
 
-def test_stage_groups_put_rewrite_stages_together() -> None:
-    refs = [StageRef(k, f"{k}-1", None) for k in ("filter", "sgcr", "scor")]
-    assert [[r.kind for r in g] for g in stage_groups(refs)] == [["filter"], ["sgcr", "scor"]]
-
-
 def test_dry_run_plans_and_runs_nothing(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_job(workdir, code_spec(dryRun=True))
     assert main(["run", str(path), "--no-progress"]) == 0
     assert "nothing run (spec.dryRun)" in capsys.readouterr().out
-    assert [p.name for p in (workdir / "out").iterdir()] == ["_plans"]
+    assert sorted(p.name for p in (workdir / "out").iterdir()) == ["_jobs", "_plans"]
 
 
 def test_bad_job_file_exits_3(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,26 +8,30 @@ from typing import Any
 
 import pytest
 
-from palimpsest.chain import StageRef
-from palimpsest.jobspec import parse_job
+from palimpsest import runtime
+from palimpsest.identity import StageRef
+from palimpsest.job import parse_job
 from palimpsest_operator import constants as c
 from palimpsest_operator.jobs import (
     MAX_REWRITE_INDEXES,
     Owner,
-    filter_job,
+    StageJob,
     job_name,
     rewrite_block,
-    rewrite_job,
+    stage_job,
 )
+from palimpsest_operator.placement import parse_placement
 
 OWNER = Owner("demo", "team", "uid-1")
 FILTER = StageRef("filter", "filter-0123456789ab", None)
 SGCR = StageRef("sgcr", "sgcr-0123456789ab", FILTER.stage_id)
 SCOR = StageRef("scor", "scor-ba9876543210", SGCR.stage_id)
-PLAN = "s3://bucket/out/_plans/plan-x.json"
+DOCUMENT = "s3://bucket/out/_jobs/job-x.json"
 DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 SPEC: dict[str, Any] = {
+    "apiVersion": "palimpsest.dev/v1alpha1",
+    "kind": "RewriteJob",
     "metadata": {"name": "demo", "namespace": "team"},
     "spec": {
         "recipe": "swallowcode",
@@ -39,7 +43,7 @@ SPEC: dict[str, Any] = {
 }
 
 
-def job_of(**changes: Any) -> Any:
+def build(stages: tuple[StageRef, ...], total: int = 10, **changes: Any) -> dict[str, Any]:
     body = copy.deepcopy(SPEC)
     for path, value in changes.items():
         node = body["spec"]
@@ -47,11 +51,20 @@ def job_of(**changes: Any) -> Any:
         for key in keys[:-1]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
-    return parse_job(body)
+    work = StageJob(parse_job(body), parse_placement(body), OWNER, DOCUMENT, stages, total)
+    return stage_job(work)
+
+
+def pod_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    return dict(manifest["spec"]["template"]["spec"])
+
+
+def container_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    return dict(pod_of(manifest)["containers"][0])
 
 
 def args_of(manifest: dict[str, Any]) -> list[str]:
-    return list(manifest["spec"]["template"]["spec"]["containers"][0]["args"])
+    return list(container_of(manifest)["args"])
 
 
 def flag(args: list[str], name: str) -> str:
@@ -59,7 +72,7 @@ def flag(args: list[str], name: str) -> str:
 
 
 def test_filter_job_shape() -> None:
-    job = filter_job(job_of(filter={"parallelism": 4}), OWNER, FILTER, PLAN, total_shards=10)
+    job = build((FILTER,), filter={"parallelism": 4})
     spec = job["spec"]
     assert job["metadata"]["name"] == "demo-filter-0123456789ab"
     assert job["metadata"]["ownerReferences"][0] == {
@@ -75,18 +88,15 @@ def test_filter_job_shape() -> None:
     rules = spec["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
     assert rules[1]["action"] == "FailIndex" and rules[1]["onExitCodes"]["values"] == [3]
-    pod = spec["template"]["spec"]
+    pod = pod_of(job)
     assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
-    assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["nodeSelector"] == {"palimpsest.dev/pool": "cpu"}
     assert "tolerations" not in pod
-    container = pod["containers"][0]
+    container = container_of(job)
     assert container["command"] == ["palimpsest"]
-    assert container["securityContext"]["allowPrivilegeEscalation"] is False
     args = args_of(job)
-    assert args[:2] == ["worker", "filter"] and "--index" not in args
-    assert flag(args, "--plan") == PLAN and flag(args, "--output") == "s3://bucket/out"
-    assert flag(args, "--min-score") == "7.0" and flag(args, "--s3-endpoint") == "http://s3:9000"
+    assert args[:5] == ["worker", "--job", DOCUMENT, "--stages", "filter"]
+    assert "--index" not in args and flag(args, "--shards-per-index") == "1"
     secret_envs = {
         e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
     }
@@ -105,6 +115,28 @@ def test_filter_job_shape() -> None:
     assert c.LABEL_KUEUE_QUEUE not in labels
 
 
+def test_pods_run_as_the_images_user_with_writable_paths_only_on_volumes() -> None:
+    for job in (build((FILTER,)), build((SGCR, SCOR))):
+        pod, container = pod_of(job), container_of(job)
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True
+        assert security["runAsUser"] == security["runAsGroup"] == runtime.RUN_AS_UID
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for path in (runtime.TMP_DIR, runtime.CACHE_DIR):
+            assert volumes[mounts[path]]["emptyDir"]["sizeLimit"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        for name, value in runtime.CACHE_ENV.items():
+            assert env[name] == value
+            assert any(value == p or value.startswith(p + "/") for p in mounts), name
+
+
 @pytest.mark.parametrize(
     ("changes", "check"),
     [
@@ -119,47 +151,42 @@ def test_filter_job_shape() -> None:
         ),
         (
             {"storage": {}},
-            lambda j: all(
-                "valueFrom" not in e for e in j["spec"]["template"]["spec"]["containers"][0]["env"]
-            ),
+            lambda j: all("valueFrom" not in e for e in container_of(j)["env"]),
         ),
         (
             {"filter": {"resources": {"cpu": "3500m"}}},
             lambda j: flag(args_of(j), "--workers") == "3",
         ),
-        ({"filter": {"workers": 6}}, lambda j: flag(args_of(j), "--workers") == "6"),
     ],
 )
 def test_filter_job_options(changes: dict[str, Any], check: Any) -> None:
-    assert check(filter_job(job_of(**changes), OWNER, FILTER, PLAN, total_shards=10))
+    assert check(build((FILTER,), **changes))
 
 
 def test_rewrite_job_on_the_gpu_pool() -> None:
-    job = rewrite_job(job_of(), OWNER, [SGCR, SCOR], PLAN, total_shards=10)
+    job = build((SGCR, SCOR))
     assert job["metadata"]["name"] == "demo-scor-ba9876543210"
-    assert job["metadata"]["annotations"][f"{c.GROUP}/stage-ids"] == (
+    assert job["metadata"]["annotations"][c.ANNOTATION_STAGE_IDS] == (
         f"{SGCR.stage_id},{SCOR.stage_id}"
     )
-    pod = job["spec"]["template"]["spec"]
+    pod = pod_of(job)
     assert pod["nodeSelector"] == {"palimpsest.dev/pool": "gpu"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
         pod["tolerations"]
     )
-    resources = pod["containers"][0]["resources"]
+    resources = container_of(job)["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == "2"
     assert resources["requests"]["nvidia.com/gpu"] == "2"
     shm = [v for v in pod["volumes"] if v["name"] == "shm"]
     assert shm and shm[0]["emptyDir"]["medium"] == "Memory"
     args = args_of(job)
-    assert args[:2] == ["worker", "rewrite"]
-    assert flag(args, "--stages") == "sgcr,scor"
-    assert flag(args, "--input-stage") == FILTER.stage_id
-    assert flag(args, "--tensor-parallel-size") == "2" and flag(args, "--engine") == "vllm"
+    assert args[:5] == ["worker", "--job", DOCUMENT, "--stages", "sgcr,scor"]
     assert flag(args, "--shards-per-index") == "1" and job["spec"]["completions"] == 10
 
 
-def test_rewrite_job_openai_with_prompts_and_key() -> None:
-    spec = job_of(
+def test_rewrite_job_openai_with_key() -> None:
+    job = build(
+        (SGCR, SCOR),
         rewrite={
             "engine": {
                 "type": "openai",
@@ -169,27 +196,27 @@ def test_rewrite_job_openai_with_prompts_and_key() -> None:
             },
             "prompts": {"configMapName": "my-prompts"},
             "shardsPerPod": 4,
-        }
+        },
     )
-    job = rewrite_job(spec, OWNER, [SGCR, SCOR], PLAN, total_shards=10)
-    pod = job["spec"]["template"]["spec"]
-    container = pod["containers"][0]
-    args = args_of(job)
-    assert flag(args, "--base-url") == "http://llm:8000/v1"
-    assert flag(args, "--prompts-dir") == c.PROMPTS_MOUNT
+    pod, container = pod_of(job), container_of(job)
     assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
     assert not [v for v in pod["volumes"] if v["name"] == "shm"]
-    assert {"name": "prompts", "configMap": {"name": "my-prompts"}} in pod["volumes"]
+    assert not [v for v in pod["volumes"] if "configMap" in v], "prompts travel in the document"
     key_env = [e for e in container["env"] if e["name"] == "OPENAI_API_KEY"]
     assert key_env[0]["valueFrom"]["secretKeyRef"]["key"] == "token"
     assert job["spec"]["completions"] == 3  # ceil(10 / 4)
+    assert flag(args_of(job), "--shards-per-index") == "4"
 
 
-def test_rewrite_without_filter_reads_the_plan() -> None:
-    math = StageRef("math", "math-0123456789ab", None)
-    spec = job_of(recipe="swallowmath", rewrite={"engine": {"type": "vllm", "model": "m"}})
-    args = args_of(rewrite_job(spec, OWNER, [math], PLAN, total_shards=3))
-    assert "--input-stage" not in args
+def test_a_model_volume_holds_the_hub_cache() -> None:
+    job = build(
+        (SGCR, SCOR),
+        rewrite={"engine": {"type": "vllm", "model": "m", "modelVolume": {"claimName": "w"}}},
+    )
+    volumes = {v["name"]: v for v in pod_of(job)["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"]["claimName"] == "w"
+    env = [e for e in container_of(job)["env"] if e["name"] == "HF_HOME"]
+    assert env == [{"name": "HF_HOME", "value": f"{c.MODELS_MOUNT}/huggingface"}]
 
 
 @pytest.mark.parametrize(
@@ -226,21 +253,3 @@ def test_job_names_are_dns_safe_and_carry_the_stage_id(
 
 def test_long_owner_names_stay_distinct() -> None:
     assert job_name("a" * 70 + "x", FILTER.stage_id) != job_name("a" * 70 + "y", FILTER.stage_id)
-
-
-def test_vllm_engine_arguments_are_passed_through() -> None:
-    spec = job_of(
-        rewrite={
-            "engine": {
-                "type": "vllm",
-                "model": "/models/tiny",
-                "dtype": "float32",
-                "maxModelLen": 2048,
-                "engineArgs": {"enforce_eager": True, "max_num_seqs": 8},
-            }
-        }
-    )
-    args = args_of(rewrite_job(spec, OWNER, [SGCR, SCOR], PLAN, total_shards=2))
-    pairs = [args[i + 1] for i, a in enumerate(args) if a == "--engine-arg"]
-    assert pairs == ["enforce_eager=true", "max_num_seqs=8"]
-    assert flag(args, "--dtype") == "float32" and flag(args, "--max-model-len") == "2048"

@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 
 from palimpsest.commit import ShardOutput
-from palimpsest.jobspec import JobSpec
+from palimpsest.job import Job
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
 from palimpsest_operator import constants as c
-from palimpsest_operator.reconcile import JobView, Resource, TickResult, reconcile
+from palimpsest_operator.cluster import JobView, Resource, TickResult
+from palimpsest_operator.reconcile import reconcile
 from palimpsest_operator.status import merge_patch
 from palimpsest_operator.storage import JobStorage
 
@@ -73,7 +74,7 @@ class FakeCluster:
         )
 
 
-def local_storage(job: JobSpec, credentials: Mapping[str, str] | None) -> JobStorage:
+def local_storage(job: Job, credentials: Mapping[str, str] | None) -> JobStorage:
     return JobStorage(LocalStore())
 
 
@@ -87,6 +88,8 @@ class Harness:
         self.output = str(tmp / "out")
         self.cluster = FakeCluster()
         self.manifest: dict[str, Any] = {
+            "apiVersion": "palimpsest.dev/v1alpha1",
+            "kind": "RewriteJob",
             "metadata": {"name": "demo", "namespace": "team", "uid": "u1", "generation": 1},
             "spec": {
                 "recipe": "swallowcode",

@@ -12,12 +12,21 @@ from palimpsest.engines import ChatMessage
 from palimpsest.prompts import (
     BUILTIN_PROMPTS_DIR,
     PROMPTS_DIR_ENV,
-    STAGE_FIELDS,
+    Prompt,
     PromptError,
     load_prompt,
     load_stage_prompt,
     placeholders,
 )
+from palimpsest.stages.registry import STAGES
+
+STAGE_FIELDS = {e.prompt: e.prompt_fields for e in STAGES.values() if e.prompt is not None}
+"""Each prompt file's name and the fields its stage fills in, from the stage registry."""
+
+
+def stage_prompt(name: str, override_dir: Path | None = None) -> Prompt:
+    return load_stage_prompt(name, STAGE_FIELDS.get(name, frozenset({"text"})), override_dir)
+
 
 GOOD = """\
 description: a test prompt
@@ -42,7 +51,7 @@ def no_prompts_dir_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("stage", sorted(STAGE_FIELDS))
 def test_every_builtin_stage_prompt_loads(stage: str) -> None:
-    prompt = load_stage_prompt(stage)
+    prompt = stage_prompt(stage)
     assert prompt.name == stage
     assert prompt.path == BUILTIN_PROMPTS_DIR / f"{stage}.yaml"
     assert prompt.fields == STAGE_FIELDS[stage]
@@ -61,7 +70,7 @@ def test_builtin_directory_holds_exactly_the_stage_prompts() -> None:
 
 
 def test_sgcr_asks_for_score_suggestions_and_a_python_fence() -> None:
-    system = load_stage_prompt("code-sgcr").system
+    system = stage_prompt("code-sgcr").system
     assert "Score:" in system
     assert "Suggestions:" in system
     assert "```python" in system
@@ -71,21 +80,21 @@ def test_sgcr_asks_for_score_suggestions_and_a_python_fence() -> None:
 
 
 def test_scor_asks_for_one_fenced_block_only() -> None:
-    system = load_stage_prompt("code-scor").system
+    system = stage_prompt("code-scor").system
     assert "one ```python fenced block" in system
     assert "no text before or after" in system
     assert "self" in system.lower()
 
 
 def test_math_asks_for_the_rewritten_text_only() -> None:
-    system = load_stage_prompt("math-rewrite").system
+    system = stage_prompt("math-rewrite").system
     assert "rewritten document only" in system
     assert "step by step" in system
     assert "Final answer:" in system
 
 
 def test_translation_names_the_target_language() -> None:
-    prompt = load_stage_prompt("instruct-translate")
+    prompt = stage_prompt("instruct-translate")
     system, user = prompt.render(text="How are you?", language="Japanese")
     assert "into Japanese" in system.content
     assert user.content.endswith("How are you?")
@@ -93,7 +102,7 @@ def test_translation_names_the_target_language() -> None:
 
 def test_user_turn_is_the_input_unchanged_where_the_template_is_only_text() -> None:
     code = "def f(x):\n    return {'a': x}  # {{not a field}}\n"
-    (_, user) = load_stage_prompt("code-scor").render(text=code)
+    (_, user) = stage_prompt("code-scor").render(text=code)
     assert user.content == code
 
 
@@ -128,7 +137,7 @@ def test_placeholders_allow_inner_spaces() -> None:
 
 def test_override_dir_wins(tmp_path: Path) -> None:
     write(tmp_path, "code-sgcr.yaml", GOOD)
-    prompt = load_stage_prompt("code-sgcr", override_dir=tmp_path)
+    prompt = stage_prompt("code-sgcr", override_dir=tmp_path)
     assert prompt.path == tmp_path / "code-sgcr.yaml"
     assert prompt.description == "a test prompt"
 
@@ -138,22 +147,23 @@ def test_environment_directory_wins_over_builtin(
 ) -> None:
     write(tmp_path, "code-scor.yaml", GOOD)
     monkeypatch.setenv(PROMPTS_DIR_ENV, str(tmp_path))
-    assert load_stage_prompt("code-scor").path == tmp_path / "code-scor.yaml"
+    assert stage_prompt("code-scor").path == tmp_path / "code-scor.yaml"
     other = tmp_path / "other"
     other.mkdir()
     write(other, "code-scor.yaml", GOOD)
-    assert load_stage_prompt("code-scor", override_dir=other).path == other / "code-scor.yaml"
+    assert stage_prompt("code-scor", override_dir=other).path == other / "code-scor.yaml"
 
 
 def test_a_given_directory_without_the_stage_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PromptError, match=str(tmp_path / "math-rewrite.yaml")) as info:
-        load_stage_prompt("math-rewrite", override_dir=tmp_path)
+        stage_prompt("math-rewrite", override_dir=tmp_path)
     assert "not found" in str(info.value)
 
 
-def test_unknown_stage() -> None:
-    with pytest.raises(PromptError, match="unknown prompt stage 'code-xyz'"):
-        load_stage_prompt("code-xyz")
+def test_a_prompt_travels_whole_in_a_document() -> None:
+    prompt = stage_prompt("code-sgcr")
+    again = Prompt.from_dict(prompt.to_dict(), STAGE_FIELDS["code-sgcr"])
+    assert again == prompt and again.sha256 == hashlib.sha256(prompt.text.encode()).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -194,7 +204,7 @@ def test_missing_file_is_an_error_naming_the_file(tmp_path: Path) -> None:
 def test_unknown_placeholder_for_the_stage_names_the_file(tmp_path: Path) -> None:
     write(tmp_path, "code-sgcr.yaml", "system: 'in {{language}}'\nuser: '{{text}}'\n")
     with pytest.raises(PromptError) as info:
-        load_stage_prompt("code-sgcr", override_dir=tmp_path)
+        stage_prompt("code-sgcr", override_dir=tmp_path)
     message = str(info.value)
     assert str(tmp_path / "code-sgcr.yaml") in message
     assert "unknown placeholder(s) {{language}}" in message
@@ -203,7 +213,7 @@ def test_unknown_placeholder_for_the_stage_names_the_file(tmp_path: Path) -> Non
 def test_stage_user_template_must_take_the_text(tmp_path: Path) -> None:
     write(tmp_path, "code-sgcr.yaml", "system: '{{text}}'\nuser: 'nothing here'\n")
     with pytest.raises(PromptError, match=r"code-sgcr.yaml: the user template must contain"):
-        load_stage_prompt("code-sgcr", override_dir=tmp_path)
+        stage_prompt("code-sgcr", override_dir=tmp_path)
 
 
 def test_rendering_without_a_field_names_the_file(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from palimpsest.chain import StageRef
 from palimpsest.commit import ShardOutput
+from palimpsest.identity import StageRef
 from palimpsest.report import (
     collect,
     render_html,

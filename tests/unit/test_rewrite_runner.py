@@ -6,11 +6,11 @@ import asyncio
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from palimpsest.commit import REJECTS_KIND, Part, read_committed, read_marker
+from palimpsest.document import JobDocument, job_prompts
 from palimpsest.engines import (
     Completion,
     Engine,
@@ -19,10 +19,11 @@ from palimpsest.engines import (
     GenerationRequest,
     GenerationResult,
 )
+from palimpsest.job import InputSpec, Job, RewriteSettings
 from palimpsest.records import RawRecord
 from palimpsest.rewrite.checkpoint import Checkpoint, load_checkpoints, resume
-from palimpsest.rewrite.job import RewriteSpec, stage_plans
 from palimpsest.rewrite.runner import LostCommitError, RewriteRunner, RunnerSettings, StagePlan
+from palimpsest.stagerun import llm_plans
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
 
@@ -52,9 +53,6 @@ class FakeEngine(Engine):
     @property
     def gpus(self) -> int:
         return 1
-
-    def describe(self) -> dict[str, Any]:
-        return {}
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         if self.die_after is not None and len(self.log) >= 2 * self.die_after:
@@ -93,7 +91,16 @@ def inputs(shard: int) -> Iterable[RawRecord]:
 
 def plans() -> list[StagePlan]:
     engine = EngineSettings(type="openai", model="fake", base_url="http://unused/v1")
-    return stage_plans(RewriteSpec("swallowcode", ("sgcr", "scor"), engine), "plan-1")
+    job = Job(
+        name="runner",
+        recipe="swallowcode",
+        stages=("sgcr", "scor"),
+        input=InputSpec(uri="/in"),
+        output_uri="/out",
+        rewrite=RewriteSettings(engine=engine),
+    )
+    document = JobDocument(job, "plan-1", "/out/_plans/plan-1.json", job_prompts(job))
+    return llm_plans(document, ("sgcr", "scor"))
 
 
 def run(engine: FakeEngine, output: str, checkpoint_records: int = 2) -> None:

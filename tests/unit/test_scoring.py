@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from palimpsest.filtering import syntax_problem
 from palimpsest.lint.scoring import best_possible, comment_ratio, penalised, printed_rating
 from palimpsest.repetition import is_repetitive, line_has_square
+from palimpsest.stages.filter import syntax_problem
 
 PUBLISHED_REPETITION = re.compile(r"(.{100,})(\1)+")
 

@@ -18,6 +18,7 @@ import asyncio
 import json
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from palimpsest.engines import (
     make_engine,
 )
 from palimpsest.engines.vllm_engine import VllmEngine, fold_system_into_user
+from palimpsest.identity import check_tools
 from tests.vllm.env import CPU_ENGINE_ARGS
 
 MAX_MODEL_LEN = 256
@@ -106,7 +108,8 @@ async def probe(model_dir: Path, model: str, no_system_model: Path | None) -> di
         report["load_seconds"] = engine.load_seconds
         report["prompt_budget"] = engine.prompt_budget
         report["gpus"] = engine.gpus
-        report["describe"] = engine.describe()
+        report["vllm_version"] = metadata.version("vllm")
+        report["tool_problems"] = check_tools(("vllm",))
 
         requests = [GenerationRequest(f"r{i}", messages(t)) for i, t in enumerate(TEXTS)]
         started = time.monotonic()

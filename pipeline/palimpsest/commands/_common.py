@@ -1,18 +1,24 @@
-"""Options shared by several commands (S3 endpoint, record fields, filter settings)."""
+"""Options shared by several commands (S3 endpoint, record fields, filter settings), and the
+one way commands report a configuration that cannot work."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
+from palimpsest.names import EXIT_CONFIG_ERROR
 from palimpsest.storage import S3Settings
 
 if TYPE_CHECKING:
-    from palimpsest.filtering import FilterSettings
+    from palimpsest.job import InputSpec, StorageSpec
+    from palimpsest.stages.filter import FilterSettings
 
-# Exit code of a worker whose configuration can never work (bad flags, tool versions that
-# differ from the pins): Jobs map it to FailIndex instead of retrying. Other failures exit 1.
-EXIT_CONFIG_ERROR = 3
+
+def config_error(exc: BaseException | str) -> int:
+    """Print one line naming what is wrong; the exit code of a configuration error."""
+    print(f"error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG_ERROR
 
 
 def add_s3_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,15 +78,27 @@ def add_filter_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def filter_settings(args: argparse.Namespace) -> FilterSettings:
-    from palimpsest.filtering import FilterSettings
-    from palimpsest.lint.pool import default_workers
-    from palimpsest.records import Fields
+    from palimpsest.stages.filter import FilterSettings
 
     return FilterSettings(
         min_score=args.min_score,
         time_limit=args.time_limit,
-        workers=args.workers or default_workers(),
+        workers=args.workers,
         exact_scores=args.exact_scores,
         repetition=args.repetition,
-        fields=Fields(text=args.text_field, id=args.id_field),
     )
+
+
+def input_spec(args: argparse.Namespace) -> InputSpec:
+    from palimpsest.job import InputSpec
+    from palimpsest.localrun import resolve_uri
+
+    return InputSpec(
+        uri=resolve_uri(args.input), text_field=args.text_field, id_field=args.id_field
+    )
+
+
+def storage_spec(args: argparse.Namespace) -> StorageSpec:
+    from palimpsest.job import StorageSpec
+
+    return StorageSpec(endpoint=args.s3_endpoint, region=args.s3_region)

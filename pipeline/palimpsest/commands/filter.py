@@ -1,4 +1,9 @@
-"""`palimpsest filter IN OUT`: run the syntax and pylint filters over local or S3 files."""
+"""`palimpsest filter IN OUT`: run the syntax and pylint filters over local or S3 files.
+
+It builds the same job a RewriteJob with `stages: [filter]` would be, runs it with the local
+runner into a work folder (kept with --work-dir, so an interrupted run skips what it
+committed), then writes the kept records to OUT and the rejects (with `reject_reason`) to REJ.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,12 @@ from palimpsest.commands._common import (
     add_field_arguments,
     add_filter_arguments,
     add_s3_arguments,
+    config_error,
     filter_settings,
-    s3_settings,
+    input_spec,
+    storage_spec,
 )
+from palimpsest.commands.workfolder import add_work_arguments, default_rejects_uri, work_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,70 +30,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="input file or prefix (.jsonl[.gz|.zst], .parquet; local or s3://)",
     )
     parser.add_argument("output", metavar="OUT", help="kept records (format from the name)")
-    parser.add_argument(
-        "--rejects",
-        metavar="REJ",
-        default=None,
-        help="rejected records with reject_reason (default: NAME.rejects.EXT beside OUT)",
-    )
-    parser.add_argument("--stats", metavar="STATS.json", default=None, help="write the counts here")
+    add_work_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_field_arguments(parser)
     add_filter_arguments(parser)
     add_s3_arguments(parser)
 
 
-def default_rejects_uri(output: str) -> str:
-    head, sep, tail = output.rpartition("/")
-    name = tail.split(".", 1)
-    rejects = f"{name[0]}.rejects.{name[1]}" if len(name) == 2 else f"{tail}.rejects.jsonl"
-    return f"{head}{sep}{rejects}"
-
-
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from palimpsest.commands.run import tqdm_progress
+    from palimpsest.job import Job
+    from palimpsest.localrun import LocalOptions, LocalRunError, export, prepare, run_job
+    from palimpsest.plan import PlanSettings
 
-    from palimpsest.filtering import CodeFilter
-    from palimpsest.lint.pool import LintPool
-    from palimpsest.plan import PlanSettings, make_plan
-    from palimpsest.records import RecordWriter
-    from palimpsest.stats import Stats
-    from palimpsest.storage import store_for
-
-    settings = filter_settings(args)
-    s3 = s3_settings(args)
-    store = store_for(args.input, s3)
-    plan = make_plan(
-        store, args.input, PlanSettings(records_per_shard=None, bytes_per_shard=1 << 62)
-    )
-    kept = RecordWriter(store_for(args.output, s3), args.output)
-    rejects_uri = args.rejects or default_rejects_uri(args.output)
-    rejected = RecordWriter(store_for(rejects_uri, s3), rejects_uri)
-    stats = Stats()
-    bar = tqdm(
-        total=plan.est_records, unit="rec", disable=args.no_progress, file=sys.stderr, desc="filter"
-    )
-    with LintPool(settings.workers, settings.time_limit) as pool:
-        flt = CodeFilter(settings, pool)
-        for shard in plan.shards:
-            flt.run(shard.read(store), kept.write, rejected.write, stats, progress=bar.update)
-    bar.close()
-    kept.close()
-    rejected.close()
-    summary = stats.to_dict()
-    if args.stats:
-        store_for(args.stats, s3).put_bytes(
-            args.stats, json.dumps(summary, indent=1).encode("utf-8")
+    progress, close_bars = tqdm_progress(enabled=not args.no_progress)
+    with work_folder(args) as work:
+        try:
+            job = Job(
+                name="filter",
+                recipe="swallowcode",
+                stages=("filter",),
+                input=input_spec(args),
+                output_uri=work,
+                storage=storage_spec(args),
+                sharding=PlanSettings(records_per_shard=None, bytes_per_shard=1 << 62),
+                filter=filter_settings(args),
+            )
+            local = prepare(job, LocalOptions())
+            run_job(local, LocalOptions(workers=args.workers), progress)
+        except (LocalRunError, ValueError) as exc:
+            return config_error(exc)
+        finally:
+            close_bars()
+        summary = export(
+            local, ("filter",), args.output, args.rejects or default_rejects_uri(args.output)
         )
-    print(
-        json.dumps(
-            {
-                "kept": stats.kept,
-                "rejected": stats.rejected,
-                "rejects": summary["rejects"],
-                "seconds": summary["seconds"],
-            }
-        ),
-        file=sys.stderr,
-    )
+    stats = summary["stages"]["filter"]
+    if args.stats:
+        from palimpsest.storage import store_for
+
+        store_for(args.stats).put_bytes(args.stats, json.dumps(stats, indent=1).encode("utf-8"))
+    line = {
+        "kept": stats["records"]["kept"],
+        "rejected": stats["records"]["rejected"],
+        "rejects": stats["rejects"],
+        "seconds": stats["seconds"],
+    }
+    print(json.dumps(line), file=sys.stderr)
     return 0

@@ -1,36 +1,35 @@
 """`palimpsest rewrite IN OUT`: run a recipe's LLM stages over local or S3 files, on one machine.
 
-It runs the same runner as the rewrite worker, over a plan of the input, in a work folder
-(kept with --work-dir, so an interrupted run resumes from its checkpoints); then it writes the
-last stage's outputs to OUT, every stage's rejects (with `reject_reason` and `reject_stage`) to
-REJ, and the stats of each stage to STATS.json. The engine and sampling flags are shared with
-`palimpsest worker rewrite` and declared here.
+It builds the same job a RewriteJob with those stages would be and runs it with the local
+runner (the rewrite worker's code) in a work folder (kept with --work-dir, so an interrupted
+run resumes from its checkpoints); then it writes the last stage's outputs to OUT, every
+stage's rejects (with `reject_reason` and `reject_stage`) to REJ, and the stats of each stage
+to STATS.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 from palimpsest.commands._common import (
-    EXIT_CONFIG_ERROR,
     add_field_arguments,
     add_s3_arguments,
-    s3_settings,
+    config_error,
+    input_spec,
+    storage_spec,
 )
+from palimpsest.commands.workfolder import add_work_arguments, default_rejects_uri, work_folder
+from palimpsest.stages.registry import RECIPES, STAGES, Runner
 
 if TYPE_CHECKING:
-    from palimpsest.chain import StageRef
     from palimpsest.engines.settings import EngineSettings
-    from palimpsest.rewrite.job import RewriteSpec
+    from palimpsest.job import Job
     from palimpsest.rewrite.runner import RunnerSettings
-    from palimpsest.storage import S3Settings, Store
 
-RECIPE_CHOICES = ("swallowcode", "swallowmath", "instruct")
+LLM_STAGES = tuple(name for name, entry in STAGES.items() if entry.runner is Runner.LLM)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,35 +39,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="input file or prefix (.jsonl[.gz|.zst], .parquet; local or s3://)",
     )
     parser.add_argument("output", metavar="OUT", help="rewritten records (format from the name)")
-    parser.add_argument(
-        "--rejects",
-        metavar="REJ",
-        default=None,
-        help="rejected records with reject_reason "
-        "(default: OUT with .rejects before the extension)",
-    )
-    parser.add_argument(
-        "--stats", metavar="STATS.json", default=None, help="write per-stage counts and tokens here"
-    )
-    parser.add_argument(
-        "--work-dir",
-        default=None,
-        help="keep stage outputs and checkpoints here, so a re-run resumes "
-        "(default: a temporary folder, removed at the end)",
-    )
+    add_work_arguments(parser)
     add_recipe_arguments(parser)
     add_engine_arguments(parser)
     add_field_arguments(parser)
     add_s3_arguments(parser)
 
 
+def default_stages_help() -> str:
+    return "; ".join(
+        f"{r.name} {','.join(s for s in r.default if s in LLM_STAGES)}" for r in RECIPES.values()
+    )
+
+
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", required=True, choices=RECIPE_CHOICES)
+    parser.add_argument("--recipe", required=True, choices=tuple(RECIPES))
     parser.add_argument(
         "--stages",
         default=None,
-        help="comma-separated LLM stages, in recipe order (default: swallowcode "
-        "sgcr,scor; swallowmath math; instruct response)",
+        help=f"comma-separated LLM stages ({', '.join(LLM_STAGES)}), in recipe order "
+        f"(default: the recipe's: {default_stages_help()})",
     )
     parser.add_argument(
         "--language",
@@ -100,6 +90,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=None)
     group.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     group.add_argument("--dtype", default="auto")
+    group.add_argument(
+        "--tokenizer", default=None, help="(vllm) a tokenizer other than the model's"
+    )
+    group.add_argument("--quantization", default=None, help="(vllm) e.g. fp8, awq")
+    group.add_argument("--kv-cache-dtype", default="auto", help="(vllm) e.g. fp8")
     group.add_argument(
         "--engine-arg",
         action="append",
@@ -148,6 +143,9 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         type=args.engine,
         model=args.model,
         revision=args.model_revision,
+        tokenizer=args.tokenizer,
+        quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
         sampling=SamplingSettings(
             temperature=args.temperature,
             top_p=args.top_p,
@@ -166,21 +164,31 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
     )
 
 
-def rewrite_spec(args: argparse.Namespace, input_stage: str | None = None) -> RewriteSpec:
-    """The run's spec from the flags; raises ValueError (naming the flag) on bad values."""
-    from pathlib import Path
+def stages_of(args: argparse.Namespace) -> tuple[str, ...]:
+    """--stages, or the LLM stages of the recipe's default; only LLM stages are allowed."""
+    if not args.stages:
+        return tuple(s for s in RECIPES[args.recipe].default if s in LLM_STAGES)
+    names = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    others = [s for s in names if s not in LLM_STAGES]
+    if others:
+        raise ValueError(f"--stages: {others} are not LLM stages ({', '.join(LLM_STAGES)})")
+    return names
 
-    from palimpsest.records import Fields
-    from palimpsest.rewrite.job import RewriteSpec, parse_stages
 
-    return RewriteSpec(
+def rewrite_job(args: argparse.Namespace, work: str) -> Job:
+    """The job the flags describe, writing into `work`; ValueError names what is wrong."""
+    from palimpsest.job import Job, RewriteSettings
+    from palimpsest.plan import PlanSettings
+
+    return Job(
+        name="rewrite",
         recipe=args.recipe,
-        stages=parse_stages(args.recipe, args.stages),
-        engine=engine_settings(args),
-        fields=Fields(text=args.text_field, id=args.id_field),
-        prompts_dir=Path(args.prompts_dir) if args.prompts_dir else None,
-        language=args.language,
-        input_stage=input_stage,
+        stages=stages_of(args),
+        input=input_spec(args),
+        output_uri=work,
+        storage=storage_spec(args),
+        sharding=PlanSettings(records_per_shard=None, bytes_per_shard=1 << 62),
+        rewrite=RewriteSettings(engine=engine_settings(args), language=args.language),
     )
 
 
@@ -193,94 +201,39 @@ def runner_settings(args: argparse.Namespace) -> RunnerSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    from palimpsest.commands.filter import default_rejects_uri
-    from palimpsest.engines import EngineDeadError
-    from palimpsest.plan import PlanSettings, make_plan
-    from palimpsest.prompts import PromptError
-    from palimpsest.rewrite.job import run_block_sync, stage_plans
-    from palimpsest.storage import LocalStore, store_for
+    from pathlib import Path
 
-    try:
-        spec = rewrite_spec(args)
-        settings = runner_settings(args)
-    except (ValueError, PromptError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    s3 = s3_settings(args)
-    store = store_for(args.input, s3)
-    plan = make_plan(
-        store, args.input, PlanSettings(records_per_shard=None, bytes_per_shard=1 << 62)
-    )
-    work = args.work_dir or tempfile.mkdtemp(prefix="palimpsest-rewrite-")
-    local = LocalStore()
-    try:
+    from palimpsest.engines import EngineDeadError
+    from palimpsest.localrun import LocalOptions, LocalRunError, export, prepare, run_job
+
+    with work_folder(args) as work:
         try:
-            run_block_sync(spec, local, plan, work, range(len(plan.shards)), settings)
+            job = rewrite_job(args, work)
+            prompts_dir = Path(args.prompts_dir) if args.prompts_dir else None
+            local = prepare(job, LocalOptions(), prompts_dir)
+            run_job(local, LocalOptions(), None, runner_settings(args))
+        except (LocalRunError, ValueError) as exc:
+            return config_error(exc)
         except EngineDeadError as exc:
             print(f"error: the engine died: {exc}", file=sys.stderr)
             return 1
-        refs = [p.ref for p in stage_plans(spec, plan.plan_id)]
-        rejects_uri = args.rejects or default_rejects_uri(args.output)
-        summary = gather(local, work, refs, len(plan.shards), args.output, rejects_uri, s3)
-    finally:
-        if not args.work_dir:
-            shutil.rmtree(work, ignore_errors=True)
+        rejects = args.rejects or default_rejects_uri(args.output)
+        summary = export(local, job.stages, args.output, rejects)
     if args.stats:
-        store_for(args.stats, s3).put_bytes(
-            args.stats, json.dumps(summary, indent=1).encode("utf-8")
-        )
-    print(
-        json.dumps(
-            {
-                kind: {
-                    "kept": s["records"]["kept"],
-                    "rejected": s["records"]["rejected"],
-                    "rejects": s["rejects"],
-                    "tokens": s["tokens"],
-                }
-                for kind, s in summary["stages"].items()
-            }
-        ),
-        file=sys.stderr,
-    )
+        from palimpsest.storage import store_for
+
+        store_for(args.stats).put_bytes(args.stats, json.dumps(summary, indent=1).encode("utf-8"))
+    print(json.dumps(brief(summary)), file=sys.stderr)
     return 0
 
 
-def gather(
-    store: Store,
-    work: str,
-    refs: list[StageRef],
-    shards: int,
-    output: str,
-    rejects: str,
-    s3: S3Settings,
-) -> dict[str, Any]:
-    """Copy the committed results out of the work folder: the last stage's outputs to
-    `output`, every stage's rejects to `rejects`; returns per-stage and total stats."""
-    from palimpsest.commit import REJECTS_KIND, read_committed, read_marker
-    from palimpsest.records import RecordWriter
-    from palimpsest.stats import Stats
-    from palimpsest.storage import store_for
-
-    kept = RecordWriter(store_for(output, s3), output)
-    rejected = RecordWriter(store_for(rejects, s3), rejects)
-    per_stage: dict[str, Stats] = {}
-    total = Stats()
-    for position, ref in enumerate(refs):
-        stats = per_stage.setdefault(ref.kind, Stats())
-        for shard in range(shards):
-            marker = read_marker(store, ref.uri(work), shard)
-            if marker is None:
-                raise RuntimeError(f"shard {shard} of {ref.kind} did not commit")
-            stats.merge(marker.stats)
-            for raw in read_committed(store, marker, REJECTS_KIND):
-                assert raw.record is not None
-                rejected.write(raw.record)
-            if position == len(refs) - 1:
-                for raw in read_committed(store, marker):
-                    assert raw.record is not None
-                    kept.write(raw.record)
-        total.merge(stats)
-    kept.close()
-    rejected.close()
-    return {"stages": {k: s.to_dict() for k, s in per_stage.items()}, "total": total.to_dict()}
+def brief(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        kind: {
+            "kept": s["records"]["kept"],
+            "rejected": s["records"]["rejected"],
+            "rejects": s["rejects"],
+            "tokens": s["tokens"],
+        }
+        for kind, s in summary["stages"].items()
+    }

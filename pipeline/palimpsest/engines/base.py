@@ -69,7 +69,7 @@ class ChatMessage:
 class SamplingSettings:
     """How completions are sampled. The defaults are the published rewrite settings.
 
-    These decide the results, so all of them go into the stage id (via `Engine.describe`).
+    These decide the results, so all of them go into the stage id (see `palimpsest.identity`).
     """
 
     temperature: float = 0.2
@@ -198,13 +198,6 @@ class Engine(abc.ABC):
     def gpus(self) -> int:
         """Accelerators this engine holds (0 for CPU or a remote server); GPU-seconds is
         `engine_seconds * gpus`."""
-
-    @abc.abstractmethod
-    def describe(self) -> dict[str, Any]:
-        """The settings that decide results (model, revision, sampling, ...), for the stage id.
-
-        Only JSON-serialisable values; settings that change speed but not results are left out.
-        """
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -129,14 +129,6 @@ class OpenAIEngine(Engine):
     def gpus(self) -> int:
         return 0  # the server's GPUs are not ours to count
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "engine": "openai",
-            "model": self.settings.model,
-            "revision": self.settings.revision,
-            "sampling": self.settings.sampling.as_dict(),
-        }
-
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         if self._client is None:
             raise RuntimeError("engine not started: call start() or use `async with`")

@@ -1,19 +1,18 @@
-"""Engine settings, parsed once at the boundary, and the factory that builds an engine.
+"""Engine settings, parsed once at the boundary.
 
 `EngineSettings` is what a job spec's `engine:` section (or the CLI flags) becomes. It is a
 frozen dataclass so that bad values fail here, with the setting's name, before any model is
-loaded; `make_engine` then picks the implementation. Implementations import their heavy
-dependencies (vLLM, httpx) only when built, so reading settings costs nothing.
+loaded; `engines.factory.make_engine` then picks the implementation. Which of these settings
+decide a stage's output (and so its id) is listed in `palimpsest.identity`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from palimpsest.engines.base import Engine, EngineSettingsError, SamplingSettings
+from palimpsest.engines.base import EngineSettingsError, SamplingSettings
 
 ENGINE_TYPES: Final = ("vllm", "openai")
 
@@ -35,6 +34,12 @@ class EngineSettings:
     revision: str | None = None
     """The model's revision (e.g. a commit hash or a release tag). It only labels results:
     it goes into the stage id, so pin it for reproducible outputs. None means unpinned."""
+    tokenizer: str | None = None
+    """(vllm) the tokenizer to load when it is not the model's own (a name or a folder)."""
+    quantization: str | None = None
+    """(vllm) the weight quantization method (e.g. 'fp8', 'awq'); None: the model's own."""
+    kv_cache_dtype: str = "auto"
+    """(vllm) the KV cache's dtype ('auto' follows the model; 'fp8' halves its memory)."""
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     """Sampling parameters; the defaults are the published ones."""
     max_in_flight: int | None = None
@@ -107,41 +112,6 @@ class EngineSettings:
     def in_flight(self) -> int:
         """`max_in_flight`, or the type's default."""
         return self.max_in_flight or DEFAULT_MAX_IN_FLIGHT[self.type]
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EngineSettings:
-        """Settings from a parsed job spec section; unknown keys are errors."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise EngineSettingsError(f"{sorted(unknown)[0]}: unknown engine setting")
-        values = dict(data)
-        sampling = values.get("sampling")
-        if isinstance(sampling, Mapping):
-            values["sampling"] = _sampling_from_dict(sampling)
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise EngineSettingsError(f"engine settings: {exc}") from exc
-
-
-def make_engine(settings: EngineSettings) -> Engine:
-    """A new, not yet started engine for the settings."""
-    if settings.type == "vllm":
-        from palimpsest.engines.vllm_engine import VllmEngine
-
-        return VllmEngine(settings)
-    from palimpsest.engines.openai_engine import OpenAIEngine
-
-    return OpenAIEngine(settings)
-
-
-def _sampling_from_dict(data: Mapping[str, Any]) -> SamplingSettings:
-    known = {f.name for f in dataclasses.fields(SamplingSettings)}
-    unknown = set(data) - known
-    if unknown:
-        raise EngineSettingsError(f"sampling.{sorted(unknown)[0]}: unknown sampling setting")
-    return SamplingSettings(**data)
 
 
 def _check(ok: bool, name: str, message: str) -> None:

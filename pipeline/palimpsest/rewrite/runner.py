@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from palimpsest.chain import StageRef
 from palimpsest.commit import OUTPUT_KIND, REJECTS_KIND, ShardOutput, read_committed, read_marker
 from palimpsest.engines.base import Engine, EngineDeadError, GenerationResult
+from palimpsest.identity import StageRef
 from palimpsest.records import RawRecord, Record
 from palimpsest.rewrite.checkpoint import (
     Checkpoint,
@@ -42,7 +42,7 @@ from palimpsest.rewrite.checkpoint import (
     resume,
     write_checkpoint,
 )
-from palimpsest.rewrite.stages import RewriteStage, Verdict
+from palimpsest.stages.llm import RewriteStage, Verdict
 from palimpsest.stats import Stats
 from palimpsest.storage import Store
 

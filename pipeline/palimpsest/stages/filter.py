@@ -1,4 +1,4 @@
-"""The SwallowCode filter stages over a stream of records: syntax check, then pylint score.
+"""The SwallowCode filter stage over a stream of records: syntax check, then pylint score.
 
 Every input item ends in exactly one place: kept (with `pylint_score`) or rejected (with a
 `reject_reason`, plus `pylint_score` when one was computed). Counting happens here, once, in
@@ -8,11 +8,12 @@ processes, with at most a bounded window of records in flight so memory stays fl
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from palimpsest.lint.pool import (
     DEFAULT_TIME_LIMIT,
@@ -22,38 +23,43 @@ from palimpsest.lint.pool import (
     default_workers,
 )
 from palimpsest.lint.scoring import DEFAULT_MIN_SCORE, best_possible, comment_ratio, penalised
+from palimpsest.recordfields import DETAIL_FIELD, REASON_FIELD, SCORE_FIELD, SCORE_MAX_FIELD
 from palimpsest.records import Fields, RawRecord, Record
 from palimpsest.repetition import is_repetitive
 from palimpsest.stats import Stats
+
+if TYPE_CHECKING:
+    from palimpsest.job import Job
 
 # Records in flight per linter process; enough to keep every process busy, small enough that
 # a shard's memory does not grow with its length.
 WINDOW_PER_WORKER = 8
 
-REASON_FIELD = "reject_reason"
-DETAIL_FIELD = "reject_detail"
-SCORE_FIELD = "pylint_score"
-SCORE_MAX_FIELD = "pylint_score_max"
-
 
 @dataclass(frozen=True)
 class FilterSettings:
-    """What decides the filter's results (all of it goes into the stage id) and how it runs."""
+    """The filter's settings, as `spec.filter` gives them."""
 
-    min_score: float = DEFAULT_MIN_SCORE  # keep if penalised score >= this
-    time_limit: float = DEFAULT_TIME_LIMIT  # seconds one sample may spend in pylint
-    workers: int = field(default_factory=default_workers)  # linter processes
-    exact_scores: bool = False  # True: lint every sample to the end (every reject has a score)
-    repetition: bool = False  # also drop repetitive samples (the published clean-up rule)
-    fields: Fields = field(default_factory=Fields)
+    min_score: float = DEFAULT_MIN_SCORE
+    """Keep a sample whose penalised pylint score is >= this (0-10). Published: 7.0."""
+    time_limit: float = DEFAULT_TIME_LIMIT
+    """Seconds one sample may spend in pylint before it is rejected as `pylint_timeout`."""
+    exact_scores: bool = False
+    """Lint every sample to the end, so every low-score reject carries its exact score
+    (slower); otherwise linting stops once 7.0 is out of reach and the reject carries a bound."""
+    repetition: bool = False
+    """Also drop samples with a back-to-back repeated run of >= 100 characters (the published
+    clean-up rule for outputs, applied to inputs)."""
+    workers: int | None = None
+    """Linter processes per pod or run; None: one per CPU the process may use."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_score <= 10.0:
-            raise ValueError(f"filter.minScore must be within 0..10, got {self.min_score}")
+            raise ValueError(f"spec.filter.minScore: must be within 0..10, got {self.min_score}")
         if self.time_limit <= 0:
-            raise ValueError(f"filter.timeLimitSeconds must be > 0, got {self.time_limit}")
-        if self.workers < 1:
-            raise ValueError(f"filter.parallelism must be >= 1, got {self.workers}")
+            raise ValueError(f"spec.filter.timeLimitSeconds: must be > 0, got {self.time_limit}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"spec.filter.workers: must be >= 1, got {self.workers}")
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the stage's output, for its stage id. The number of workers
@@ -64,7 +70,6 @@ class FilterSettings:
             "time_limit": self.time_limit,
             "exact_scores": self.exact_scores,
             "repetition": self.repetition,
-            "text_field": self.fields.text,
         }
 
 
@@ -98,12 +103,27 @@ class _Pending:
     verdict: tuple[str | None, Record] | None = None  # (reason or None for kept, record)
 
 
+@contextlib.contextmanager
+def open_filter(job: Job, cpus: int | None = None) -> Iterator[CodeFilter]:
+    """The job's filter on a fresh pool of linter processes (closed on exit).
+
+    `cpus`: the CPUs this process may use, the number of linters when the spec sets none."""
+    settings = job.filter
+    workers = settings.workers or cpus or default_workers()
+    with LintPool(workers, settings.time_limit) as pool:
+        yield CodeFilter(settings, pool, job.input.fields, workers)
+
+
 class CodeFilter:
     """Runs syntax -> pylint over records; outputs go to `keep` and `reject` in input order."""
 
-    def __init__(self, settings: FilterSettings, pool: LintPool) -> None:
+    def __init__(
+        self, settings: FilterSettings, pool: LintPool, fields: Fields, workers: int
+    ) -> None:
         self.settings = settings
         self.pool = pool
+        self.fields = fields
+        self.workers = workers
 
     def run(
         self,
@@ -116,7 +136,7 @@ class CodeFilter:
         started = time.monotonic()
         window: deque[_Pending] = deque()
         by_key: dict[int, _Pending] = {}
-        limit = WINDOW_PER_WORKER * self.settings.workers
+        limit = WINDOW_PER_WORKER * self.workers
 
         def drain(block: bool) -> None:
             for outcome in self.pool.collect(timeout=None if block else 0.0):
@@ -137,7 +157,7 @@ class CodeFilter:
             if early is not None:
                 pending.verdict = early
             else:
-                code = pending.record[self.settings.fields.text]
+                code = pending.record[self.fields.text]
                 pending.ratio = comment_ratio(code)
                 ceiling = best_possible(pending.ratio)
                 if ceiling < self.settings.min_score and not self.settings.exact_scores:
@@ -160,7 +180,7 @@ class CodeFilter:
             reason, _, detail = (raw.error or "invalid_json").partition(": ")
             return reason, {**_bad_item(raw), DETAIL_FIELD: detail}
         record = raw.record
-        name = self.settings.fields.text
+        name = self.fields.text
         if name not in record:
             return "missing_text", {**record, DETAIL_FIELD: f"no field {name!r}"}
         text = record[name]

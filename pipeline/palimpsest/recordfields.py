@@ -1,0 +1,25 @@
+"""The record fields the pipeline itself writes (beside the input's own fields).
+
+Every stage adds its results under these names: why a record was rejected, by which stage, the
+filter's score, each rewrite stage's metadata. They are declared once here so that the stages,
+the report and the tests read and write the same names.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+REASON_FIELD: Final = "reject_reason"
+"""On a reject: the reason code (e.g. `syntax_error`, `truncated`)."""
+DETAIL_FIELD: Final = "reject_detail"
+"""On a reject, when there is more to say: a short human-readable detail."""
+STAGE_FIELD: Final = "reject_stage"
+"""On a reject of a rewrite stage: the kind of the stage that rejected it."""
+SCORE_FIELD: Final = "pylint_score"
+"""The filter's penalised pylint score (0-10), when one was computed to the end."""
+SCORE_MAX_FIELD: Final = "pylint_score_max"
+"""On a low-score reject whose linting stopped early: the best score it could still reach."""
+META_FIELD: Final = "rewrite"
+"""One sub-object per rewrite stage that touched the record (tokens, prompt hash, score)."""
+RESPONSES_FIELD: Final = "responses"
+"""Instruct recipe: the list of generated responses, beside the instruction in the text field."""

@@ -1,0 +1,1 @@
+"""The stages a job can run: their registry (`registry`) and each stage's own code."""

@@ -1,0 +1,63 @@
+"""Jobs for tests, prepared the way the operator and `palimpsest run` prepare them.
+
+`prepared(job)` plans the input, stores the plan and the job document under the job's output
+(on S3 or a local folder) and returns the local runner's view of it; `worker_command` is the
+command line a worker pod of one stage group runs for that document.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from palimpsest.engines.settings import EngineSettings
+from palimpsest.job import InputSpec, Job, RewriteSettings, StorageSpec
+from palimpsest.localrun import LocalJob, LocalOptions, prepare
+from palimpsest.plan import PlanSettings
+from palimpsest.stages.filter import FilterSettings
+
+
+def make_job(
+    input_uri: str,
+    output_uri: str,
+    stages: Sequence[str] = ("filter",),
+    *,
+    recipe: str = "swallowcode",
+    records_per_shard: int = 10_000,
+    endpoint: str | None = None,
+    engine: EngineSettings | None = None,
+    language: str | None = None,
+    **filter_settings: Any,
+) -> Job:
+    return Job(
+        name="test",
+        recipe=recipe,
+        stages=tuple(stages),
+        input=InputSpec(uri=input_uri),
+        output_uri=output_uri,
+        storage=StorageSpec(endpoint=endpoint),
+        sharding=PlanSettings(records_per_shard=records_per_shard),
+        filter=FilterSettings(**filter_settings),
+        rewrite=None if engine is None else RewriteSettings(engine=engine, language=language),
+    )
+
+
+def prepared(job: Job) -> LocalJob:
+    """Plan and document stored under the job's output; what a worker pod needs to start."""
+    return prepare(job, LocalOptions())
+
+
+def worker_command(local: LocalJob, stages: Sequence[str], *extra: str) -> list[str]:
+    """`palimpsest worker` for one stage group of the prepared job."""
+    return [
+        sys.executable,
+        "-m",
+        "palimpsest.cli",
+        "worker",
+        "--job",
+        local.document.uri(),
+        "--stages",
+        ",".join(stages),
+        *extra,
+    ]
