@@ -3,9 +3,16 @@
 Each attempt writes its parts under keys of its own (`.../shard-000042/<attempt>/...`). It
 commits by creating the shard's marker with a conditional put (`If-None-Match: *`); the marker
 lists the committed parts with their record counts and sizes, and carries the shard's stats.
-The first writer wins; a losing attempt deletes its own parts. Readers (the next stage, the
-operator, local summaries) go through markers only, never by listing parts, so parts of
-interrupted or losing attempts never count.
+The first writer wins. Readers (the next stage, the operator, local summaries) go through
+markers only, never by listing parts, so parts of interrupted or losing attempts never count.
+
+Nothing a marker or checkpoint may list is ever deleted: a losing attempt deletes only its
+parts that the winner's marker does not list, and an attempt that gives up keeps every part it
+checkpointed (another attempt may have adopted it). What is left over, `palimpsest gc` finds.
+The outcome of a conditional put can be ambiguous (the response lost, a retried PUT answered
+412 because the first one landed, a timeout); it is settled by reading the marker back and
+comparing its attempt id, never by assuming. `check_conditional_put` stops a run early on an
+endpoint that ignores `If-None-Match`, where two attempts could both believe they committed.
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from palimpsest.names import PROBE_DIR
 from palimpsest.records import RawRecord, Record, RecordWriter, read_jsonl, read_parquet
 from palimpsest.stats import Stats
-from palimpsest.storage import Store, join
+from palimpsest.storage import StorageError, Store, join
 
 MARKERS = "_markers"
 PART_FORMAT = "jsonl.zst"
@@ -76,6 +84,53 @@ class Marker:
             stats=Stats.from_dict(body["stats"]),
             committed_at=str(body["committed_at"]),
         )
+
+
+class ConditionalPutError(StorageError):
+    """The endpoint does not honour `If-None-Match: *`, so commits cannot be exactly-once."""
+
+
+def check_conditional_put(store: Store, output_uri: str) -> None:
+    """Two put-if-absent on a scratch key: the second must be refused. Raises
+    ConditionalPutError naming the location when it is not."""
+    uri = join(output_uri, PROBE_DIR, f"conditional-put-{new_attempt_id()}")
+    try:
+        if not store.put_bytes(uri, b"first", if_absent=True):
+            raise ConditionalPutError(f"{uri}: a put-if-absent on a new key was refused")
+        if store.put_bytes(uri, b"second", if_absent=True):
+            raise ConditionalPutError(
+                f"{output_uri}: the storage endpoint ignores If-None-Match (a second "
+                "put-if-absent replaced the object), so shard commits cannot be exactly-once; "
+                "use an S3 endpoint with conditional writes (AWS S3, MinIO >= 2024, Ceph >= 19)"
+            )
+    finally:
+        store.delete(uri)
+
+
+def publish_marker(store: Store, marker: Marker, stage_uri: str) -> Marker:
+    """Create the shard's marker unless one exists; returns the marker that holds the shard
+    now (ours, or the winner's). An ambiguous outcome is settled by reading it back; when no
+    marker can be read, the StorageError is raised and nothing is assumed (retry later)."""
+    uri = marker_uri(stage_uri, marker.shard)
+    try:
+        if store.put_bytes(uri, marker.to_json(), if_absent=True):
+            return marker
+    except StorageError:
+        existing = _read_back(store, stage_uri, marker.shard)
+        if existing is None:
+            raise
+        return existing
+    existing = _read_back(store, stage_uri, marker.shard)
+    if existing is None:
+        raise StorageError(f"{uri}: the conditional put was refused but no marker is there")
+    return existing
+
+
+def _read_back(store: Store, stage_uri: str, shard: int) -> Marker | None:
+    try:
+        return read_marker(store, stage_uri, shard)
+    except (StorageError, ValueError, KeyError):
+        return None
 
 
 def read_marker(store: Store, stage_uri: str, shard: int) -> Marker | None:
@@ -164,7 +219,8 @@ class ShardOutput:
             self._writers[kind] = []
 
     def commit(self, stats: Stats, extra_parts: dict[str, list[Part]] | None = None) -> bool:
-        """Publish this attempt's parts; False (and parts deleted) when another attempt won."""
+        """Publish this attempt's parts; False when another attempt won (then this attempt's
+        parts that the winner does not list are deleted)."""
         self._close_all()
         parts = {k: [*(extra_parts or {}).get(k, []), *v] for k, v in self._parts.items()}
         marker = Marker(
@@ -175,21 +231,20 @@ class ShardOutput:
             stats=stats,
             committed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
-        if self.store.put_bytes(
-            marker_uri(self.stage_uri, self.shard), marker.to_json(), if_absent=True
-        ):
+        winner = publish_marker(self.store, marker, self.stage_uri)
+        if winner.attempt == self.attempt:
             return True
-        self._delete_own_parts()
+        listed = {p.uri for kind_parts in winner.parts.values() for p in kind_parts}
+        for own in self._parts.values():
+            for part in own:
+                if part.uri not in listed:
+                    self.store.delete(part.uri)
         return False
 
     def abort(self) -> None:
-        for writers in self._writers.values():
-            for writer in writers:
+        """Give the shard up: discard the parts still open. Closed parts stay: a checkpoint
+        (adopted by another attempt) or a marker put whose outcome is unknown may list them."""
+        for kind, writers in self._writers.items():
+            for writer in writers[len(self._parts[kind]) :]:
                 writer.discard()
         self._writers = {k: [] for k in self._writers}
-        self._delete_own_parts()
-
-    def _delete_own_parts(self) -> None:
-        for parts in self._parts.values():
-            for part in parts:
-                self.store.delete(part.uri)

@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from palimpsest.commit import read_marker
+from palimpsest.commit import ConditionalPutError, check_conditional_put, read_marker
 from palimpsest.document import JobDocument, job_prompts, write_document
 from palimpsest.engines.base import (
     Engine,
@@ -168,6 +168,11 @@ def prepare(job: Job, options: LocalOptions, prompts_dir: Path | None = None) ->
         plan = make_plan(store_for(input_uri, s3), input_uri, job.sharding)
     except ValueError as exc:
         raise LocalRunError(f"spec.input.uri: {exc}") from exc
+    if is_s3(job.output_uri):
+        try:
+            check_conditional_put(store, job.output_uri)
+        except ConditionalPutError as exc:
+            raise LocalRunError(str(exc)) from exc
     plan_uri = join(job.output_uri, PLANS_DIR, f"plan-{plan.plan_id}.json")
     store.put_bytes(plan_uri, plan.to_json())
     if input_uri != job.input.uri:

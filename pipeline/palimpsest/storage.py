@@ -15,16 +15,27 @@ import io
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
+
+from botocore.exceptions import BotoCoreError
 
 S3_SCHEME = "s3://"
 
 # Retries of transient S3 errors (throttling, 5xx, connection resets): boto3's "standard"
 # mode with exponential backoff. 10 attempts ride out a few seconds of endpoint trouble.
 S3_MAX_ATTEMPTS = 10
+# Seconds to open a connection and to wait for the next bytes of an answer. botocore's 60 s
+# default, times the retries above, let one call to an endpoint that accepts connections and
+# never answers block for ten minutes; a few seconds fail over in well under a minute.
+S3_CONNECT_TIMEOUT = 5.0
+S3_READ_TIMEOUT = 10.0
+# A conditional put answered 409 ConditionalRequestConflict (another conditional write of the
+# same key in flight) is tried again this many times, backing off, before it is an error.
+CONFLICT_ATTEMPTS = 5
 
 
 class StorageError(RuntimeError):
@@ -215,6 +226,8 @@ class S3Store:
         config = Config(
             retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
             max_pool_connections=max_pool_connections,
+            connect_timeout=S3_CONNECT_TIMEOUT,
+            read_timeout=S3_READ_TIMEOUT,
         )
         keys = credentials or {}
         self._client: Any = boto3.client(
@@ -256,7 +269,7 @@ class S3Store:
         bucket, key = split_s3(uri)
         try:
             head = self._client.head_object(Bucket=bucket, Key=key)
-        except self._client.exceptions.ClientError as exc:
+        except (self._client.exceptions.ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot stat {uri}: {exc}") from exc
         return int(head["ContentLength"])
 
@@ -269,13 +282,16 @@ class S3Store:
             kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         try:
             body = self._client.get_object(**kwargs)["Body"]
-        except self._client.exceptions.ClientError as exc:
+        except (self._client.exceptions.ClientError, BotoCoreError) as exc:
             raise StorageError(f"cannot read {uri}: {exc}") from exc
         return body  # type: ignore[no-any-return]
 
     def read_bytes(self, uri: str) -> bytes:
         with contextlib.closing(self.open_range(uri)) as body:
-            return body.read()
+            try:
+                return body.read()
+            except (BotoCoreError, OSError) as exc:
+                raise StorageError(f"cannot read {uri}: {exc}") from exc
 
     def exists(self, uri: str) -> bool:
         bucket, key = split_s3(uri)
@@ -285,21 +301,31 @@ class S3Store:
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return False
             raise StorageError(f"cannot stat {uri}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"cannot stat {uri}: {exc}") from exc
         return True
 
     def put_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> bool:
+        """Write the object; with `if_absent`, False when it exists already (412). A 412 can
+        also answer a retry of a put that landed: callers that must know read it back."""
         bucket, key = split_s3(uri)
         kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data}
         if if_absent:
             kwargs["IfNoneMatch"] = "*"
-        try:
-            self._client.put_object(**kwargs)
-        except self._client.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if if_absent and code in {"PreconditionFailed", "ConditionalRequestConflict"}:
-                return False
-            raise StorageError(f"cannot write {uri}: {exc}") from exc
-        return True
+        for attempt in range(CONFLICT_ATTEMPTS):
+            try:
+                self._client.put_object(**kwargs)
+                return True
+            except self._client.exceptions.ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if if_absent and code == "PreconditionFailed":
+                    return False
+                if code != "ConditionalRequestConflict" or attempt + 1 == CONFLICT_ATTEMPTS:
+                    raise StorageError(f"cannot write {uri}: {exc}") from exc
+            except BotoCoreError as exc:
+                raise StorageError(f"cannot write {uri}: {exc}") from exc
+            time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def upload_file(self, path: Path, uri: str) -> None:
         bucket, key = split_s3(uri)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 
@@ -30,9 +31,11 @@ def s3_server() -> Iterator[s3server.S3Server]:
 
 @pytest.fixture()
 def s3_bucket(s3_server: s3server.S3Server, request: pytest.FixtureRequest) -> str:
-    """A fresh, empty bucket per test, named after the test."""
-    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50]
-    name = name.strip("-")
+    """A fresh, empty bucket per test, named after the test (a hash of the whole name keeps
+    parametrized cases with a long common prefix apart)."""
+    node = request.node.name.lower()
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in node)[:44].strip("-")
+    name = f"{name}-{hashlib.sha256(node.encode()).hexdigest()[:8]}"
     client = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name=s3server.REGION)
     client.create_bucket(Bucket=name)
     return name

@@ -1,12 +1,21 @@
-"""The commit protocol on local storage: one winner per shard, losers leave nothing."""
+"""The commit protocol on local storage: one winner per shard; nothing a marker lists is lost."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from palimpsest.commit import ShardOutput, read_committed, read_marker
+import pytest
+
+from palimpsest.commit import (
+    OUTPUT_KIND,
+    ConditionalPutError,
+    ShardOutput,
+    check_conditional_put,
+    read_committed,
+    read_marker,
+)
 from palimpsest.stats import Stats
-from palimpsest.storage import LocalStore
+from palimpsest.storage import LocalStore, StorageError
 
 STORE = LocalStore()
 
@@ -36,13 +45,87 @@ def test_first_commit_wins_and_the_loser_deletes_its_parts(tmp_path: Path) -> No
     assert leftovers == []
 
 
-def test_an_aborted_attempt_leaves_no_marker_and_no_parts(tmp_path: Path) -> None:
+def test_an_aborted_attempt_keeps_only_its_closed_parts(tmp_path: Path) -> None:
     stage = str(tmp_path / "stage")
     out, _ = attempt(stage, "a1", range(3))
-    out.roll()
+    closed = out.roll()
+    out.write({"id": 99, "text": "open"})
     out.abort()
     assert read_marker(STORE, stage, 3) is None
-    assert [p for p in (tmp_path / "stage").rglob("*") if p.is_file()] == []
+    # A closed part may be listed by a checkpoint another attempt adopted: it stays.
+    left = sorted(str(p) for p in (tmp_path / "stage").rglob("*") if p.is_file())
+    assert left == sorted(p.uri for parts in closed.values() for p in parts)
+
+
+def test_a_losing_attempt_keeps_the_parts_the_winner_adopted(tmp_path: Path) -> None:
+    stage = str(tmp_path / "stage")
+    stalled, _ = attempt(stage, "a1", range(3))
+    adopted = stalled.roll()
+    replacement, stats = attempt(stage, "a2", range(3, 5))
+    assert replacement.commit(stats, adopted)
+    stalled.write({"id": 7, "text": "late"})
+    assert not stalled.commit(Stats())  # wakes up and loses
+    marker = read_marker(STORE, stage, 3)
+    assert marker is not None and marker.attempt == "a2"
+    for parts in marker.parts.values():
+        assert all(Path(p.uri).exists() for p in parts)
+    ids = [r.record["id"] for r in read_committed(STORE, marker) if r.record]
+    assert sorted(ids) == list(range(5))
+    left = sorted(str(p) for p in Path(stage).rglob("part-*") if "/a1/" in str(p))
+    assert left == sorted(p.uri for parts in adopted.values() for p in parts)  # "late" is gone
+
+
+class LostResponseStore(LocalStore):
+    """Puts land, but the answer to a put-if-absent is lost: raised, or a retry sees 412."""
+
+    def __init__(self, outcome: str) -> None:
+        self.outcome = outcome
+
+    def put_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> bool:
+        landed = super().put_bytes(uri, data, if_absent=if_absent)
+        if not (if_absent and landed and "_markers" in uri):
+            return landed
+        if self.outcome == "raise":
+            raise StorageError(f"cannot write {uri}: read timeout")
+        return False  # the retried PUT finds the object its first try wrote
+
+
+@pytest.mark.parametrize("outcome", ["raise", "412"])
+def test_an_ambiguous_marker_put_is_read_back(tmp_path: Path, outcome: str) -> None:
+    store = LostResponseStore(outcome)
+    stage = str(tmp_path / "stage")
+    out = ShardOutput(store, stage, "s", 0, attempt="mine")
+    out.write({"id": 1, "text": "x"})
+    assert out.commit(Stats())  # our marker is there: committed, nothing deleted
+    marker = read_marker(store, stage, 0)
+    assert marker is not None and marker.attempt == "mine"
+    assert all(Path(p.uri).exists() for p in marker.parts[OUTPUT_KIND])
+
+
+def test_an_unknown_put_outcome_without_a_marker_raises_and_keeps_parts(tmp_path: Path) -> None:
+    class Down(LocalStore):
+        def put_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> bool:
+            if "_markers" in uri:
+                raise StorageError(f"cannot write {uri}: connection reset")
+            return super().put_bytes(uri, data, if_absent=if_absent)
+
+    out = ShardOutput(Down(), str(tmp_path / "stage"), "s", 0, attempt="mine")
+    out.write({"id": 1, "text": "x"})
+    with pytest.raises(StorageError):
+        out.commit(Stats())
+    out.abort()
+    assert len([p for p in (tmp_path / "stage").rglob("*") if p.is_file()]) == 1
+
+
+def test_conditional_put_probe_stops_on_an_endpoint_that_ignores_it(tmp_path: Path) -> None:
+    class IgnoresIfNoneMatch(LocalStore):
+        def put_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> bool:
+            return super().put_bytes(uri, data)
+
+    check_conditional_put(STORE, str(tmp_path))
+    with pytest.raises(ConditionalPutError, match="ignores If-None-Match"):
+        check_conditional_put(IgnoresIfNoneMatch(), str(tmp_path / "bad"))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # the probe cleans up
 
 
 def test_rolled_chunks_are_all_listed_in_the_marker(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ them. Nothing else of the spec is passed as flags.
 
 Exit codes: 0 when every shard of the index is committed (by this attempt or an earlier one);
 3 for a configuration that can never work (an unreadable or foreign job document, tool
-versions other than the pins, an index outside the plan); other non-zero values for failures
+versions other than the pins, an index outside the plan, a storage endpoint that ignores
+conditional puts); other non-zero values for failures
 worth a retry (a dead engine, storage errors), so the Job retries the index.
 """
 
@@ -106,12 +107,13 @@ def shard_index(args: argparse.Namespace) -> int:
 
 def assignment(args: argparse.Namespace) -> Assignment:
     """Read and check everything the pod needs; ValueError says what cannot work."""
+    from palimpsest.commit import check_conditional_put
     from palimpsest.document import read_document
     from palimpsest.identity import check_tools
     from palimpsest.plan import ShardPlan
     from palimpsest.stagerun import block_of
     from palimpsest.stages.registry import STAGES, groups
-    from palimpsest.storage import store_for
+    from palimpsest.storage import is_s3, store_for
 
     document = read_document(store_for(args.job, s3_settings(args)), args.job)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
@@ -127,6 +129,8 @@ def assignment(args: argparse.Namespace) -> Assignment:
     if problems:
         raise ValueError("this environment does not match the pinned tools: " + "; ".join(problems))
     store = job_store(document)
+    if is_s3(document.job.output_uri):
+        check_conditional_put(store, document.job.output_uri)
     plan = ShardPlan.from_json(store.read_bytes(document.plan_uri))
     if plan.plan_id != document.plan_id:
         raise ValueError(
@@ -154,12 +158,13 @@ def job_store(document: JobDocument) -> Store:
 
 
 def run(args: argparse.Namespace) -> int:
+    from palimpsest.commit import ConditionalPutError
     from palimpsest.document import DocumentError
 
     try:
         work = assignment(args)
         runner_settings(args)
-    except (DocumentError, ValueError, IndexError) as exc:
+    except (DocumentError, ConditionalPutError, ValueError, IndexError) as exc:
         return config_error(exc)
     from palimpsest.stages.registry import STAGES, Runner
 

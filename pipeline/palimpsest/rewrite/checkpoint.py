@@ -84,9 +84,26 @@ class Checkpoint:
 
 
 def write_checkpoint(store: Store, stage_uri: str, checkpoint: Checkpoint) -> None:
-    """Create the checkpoint object; it never replaces an existing one."""
-    if not store.put_bytes(checkpoint.uri(stage_uri), checkpoint.to_json(), if_absent=True):
-        raise RuntimeError(f"checkpoint {checkpoint.uri(stage_uri)} exists already")
+    """Create the checkpoint object; it never replaces an existing one. A refusal is read back:
+    a retried put whose first try landed finds its own bytes there, which is success."""
+    uri = checkpoint.uri(stage_uri)
+    body = checkpoint.to_json()
+    try:
+        if store.put_bytes(uri, body, if_absent=True):
+            return
+    except StorageError:
+        if not _holds(store, uri, body):
+            raise
+        return
+    if not _holds(store, uri, body):
+        raise RuntimeError(f"checkpoint {uri} exists already with other content")
+
+
+def _holds(store: Store, uri: str, body: bytes) -> bool:
+    try:
+        return store.read_bytes(uri) == body
+    except StorageError:
+        return False
 
 
 def delete_checkpoints(store: Store, stage_uri: str, shard: int, attempt: str) -> None:
