@@ -279,7 +279,9 @@ def run_llm(
             for i, p in enumerate(plans)
         }
 
-    inputs = shard_inputs(local.store, local.plan, job.output_uri, first.previous)
+    inputs = shard_inputs(
+        local.store, local.plan, job.output_uri, first.previous, job.input.id_field
+    )
     engine = CountingEngine(make_engine(job.engine))
     runner = RewriteRunner(
         engine, local.store, job.output_uri, plans, inputs, job.input.id_field, settings
@@ -377,8 +379,11 @@ class CountingEngine(Engine):
 
 def export(local: LocalJob, kinds: Sequence[str], output: str, rejects: str) -> dict[str, Any]:
     """Copy committed results out of the job's folders: the last of `kinds`' outputs to
-    `output`, every stage's rejects to `rejects`; returns per-stage and total stats."""
+    `output`, every stage's rejects to `rejects`; returns per-stage and total stats. The
+    internal record key is left out: the records come back with the input's fields and the
+    stages' results."""
     from palimpsest.commit import REJECTS_KIND, read_committed
+    from palimpsest.recordfields import KEY_FIELD
     from palimpsest.records import RecordWriter
     from palimpsest.stats import Stats
 
@@ -397,10 +402,12 @@ def export(local: LocalJob, kinds: Sequence[str], output: str, rejects: str) -> 
             stats.merge(marker.stats)
             for raw in read_committed(local.store, marker, REJECTS_KIND):
                 assert raw.record is not None
+                raw.record.pop(KEY_FIELD, None)
                 rejected.write(raw.record)
             if position == len(kinds) - 1:
                 for raw in read_committed(local.store, marker):
                     assert raw.record is not None
+                    raw.record.pop(KEY_FIELD, None)
                     kept.write(raw.record)
         total.merge(stats)
     kept.close()

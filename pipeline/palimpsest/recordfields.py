@@ -23,3 +23,7 @@ META_FIELD: Final = "rewrite"
 """One sub-object per rewrite stage that touched the record (tokens, prompt hash, score)."""
 RESPONSES_FIELD: Final = "responses"
 """Instruct recipe: the list of generated responses, beside the instruction in the text field."""
+KEY_FIELD: Final = "_palimpsest_key"
+"""The record's key: assigned once, when the first stage reads the raw shard, and carried
+unchanged through every stage, so checkpoints and resumes of any stage name a record the same
+way (see `palimpsest.recordkeys`)."""

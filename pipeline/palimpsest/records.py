@@ -3,22 +3,33 @@
 A record is a JSON object (a dict). The pipeline touches only the text and id fields it is
 told about; every other field is carried through untouched. Reading never raises for a bad
 record: an undecodable line comes out as a `RawRecord` with an `error`, so the stage can
-reject it with a reason and the shard still completes.
+reject it with a reason and the shard still completes. A damaged object is different: a
+compressed stream that ends before its end marker raises `CorruptObjectError` naming the object,
+so a truncated upload never passes for a shorter file.
+
+Writing never raises for a record that was read: a string no UTF-8 can hold (a lone surrogate
+from a `\\ud800` escape) is written with JSON escapes, and values JSON has no type for
+(Parquet timestamps, decimals, binary) are written as text (ISO 8601, the decimal's digits,
+base64).
 """
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import decimal
 import gzip
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from palimpsest.storage import Store, iter_lines_with_offsets
+from palimpsest.storage import StorageError, Store, iter_lines_with_offsets
 
 JSONL = "jsonl"
 PARQUET = "parquet"
@@ -28,6 +39,15 @@ FORMATS = (JSONL, PARQUET)
 PARQUET_BATCH_ROWS = 1024
 
 Record = dict[str, Any]
+
+# Reads of compressed input at a time.
+DECOMPRESS_CHUNK = 1 << 20
+# Only lines with a \uD800-\uDFFF escape can decode to a string UTF-8 cannot encode.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class CorruptObjectError(StorageError):
+    """An input object is damaged (e.g. a compressed stream cut short); names the object."""
 
 
 @dataclass(frozen=True)
@@ -93,16 +113,105 @@ def decode_line(source: str, position: int, line: bytes) -> RawRecord:
         return RawRecord(source, position, None, "invalid_json: nested too deeply", text[:200])
     if not isinstance(value, dict):
         return RawRecord(source, position, None, "invalid_json: not an object", text[:200])
+    if _SURROGATE_ESCAPE.search(line) and not _encodable(value):
+        return RawRecord(
+            source, position, None, "unencodable: a lone UTF-16 surrogate escape", text[:200]
+        )
     return RawRecord(source, position, value)
 
 
-def _decompressed(stream: IO[bytes], compression: str | None) -> IO[bytes]:
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=stream)  # type: ignore[return-value]
-    if compression == "zstd":
+def _encodable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def encode_record(record: Record) -> bytes:
+    """One JSONL line (with its newline) for any record the readers produce."""
+    try:
+        text = json.dumps(record, ensure_ascii=False, default=_json_default)
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(record, ensure_ascii=True, default=_json_default).encode() + b"\n"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class _ZstdReader(io.RawIOBase):
+    """Decompresses every frame of a zstd stream and raises if the last one is cut short."""
+
+    def __init__(self, raw: IO[bytes], uri: str) -> None:
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(stream)
+        self._raw = raw
+        self._uri = uri
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._obj = self._new()
+        self._pending = b""
+        self._started = False
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        while not self._pending and not self._done:
+            self._fill()
+        size = min(len(view), len(self._pending))
+        view[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+    def _fill(self) -> None:
+        chunk = self._raw.read(DECOMPRESS_CHUNK)
+        if not chunk:
+            if self._started and not self._obj.eof:
+                raise CorruptObjectError(f"{self._uri}: truncated zstd stream (no frame end)")
+            self._done = True
+            return
+        while chunk:
+            if self._obj.eof:
+                self._obj = self._new()
+            self._started = True
+            self._pending += self._obj.decompress(chunk)
+            chunk = self._obj.unused_data if self._obj.eof else b""
+
+
+class _GzipReader(io.RawIOBase):
+    """gzip, with a truncated stream reported as a CorruptObjectError naming the object."""
+
+    def __init__(self, raw: IO[bytes], uri: str) -> None:
+        self._inner = gzip.GzipFile(fileobj=raw)
+        self._uri = uri
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self._inner.readinto(buffer)
+        except (EOFError, gzip.BadGzipFile, OSError) as exc:
+            raise CorruptObjectError(f"{self._uri}: damaged gzip stream: {exc}") from exc
+
+
+def _decompressed(stream: IO[bytes], compression: str | None, uri: str) -> IO[bytes]:
+    if compression == "gzip":
+        return io.BufferedReader(_GzipReader(stream, uri), DECOMPRESS_CHUNK)
+    if compression == "zstd":
+        return io.BufferedReader(_ZstdReader(stream, uri), DECOMPRESS_CHUNK)
     return stream
 
 
@@ -118,7 +227,7 @@ def read_jsonl(
     if compression is not None:
         if start != 0 or end is not None:
             raise ValueError(f"{uri}: a compressed object cannot be split by byte range")
-        with _decompressed(store.open_range(uri), compression) as stream:
+        with _decompressed(store.open_range(uri), compression, uri) as stream:
             for offset, line in iter_lines_with_offsets(stream, 0):
                 if line.strip():
                     yield decode_line(uri, offset, line)
@@ -245,7 +354,7 @@ class RecordWriter:
     def write(self, record: Record) -> None:
         self.count += 1
         if self._stream is not None:
-            self._stream.write(json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n")
+            self._stream.write(encode_record(record))
             return
         self._batch.append(record)
         if len(self._batch) >= PARQUET_BATCH_ROWS:
@@ -300,7 +409,7 @@ class RecordWriter:
 
 def read_all_jsonl(data: bytes, uri: str = "<bytes>") -> list[Record]:
     """Decode a whole (possibly compressed) JSONL blob; raises on a bad line. For small files."""
-    stream = _decompressed(io.BytesIO(data), compression_of(uri))
+    stream = _decompressed(io.BytesIO(data), compression_of(uri), uri)
     records = []
     for position, line in iter_lines_with_offsets(stream, 0):
         if line.strip():

@@ -25,6 +25,7 @@ from palimpsest.engines.base import Engine
 from palimpsest.engines.factory import make_engine
 from palimpsest.identity import StageRef
 from palimpsest.plan import ShardPlan
+from palimpsest.recordkeys import assign_keys
 from palimpsest.records import RawRecord
 from palimpsest.rewrite.runner import (
     InputFn,
@@ -52,12 +53,14 @@ class ShardResult:
     stats: Stats
 
 
-def shard_inputs(store: Store, plan: ShardPlan, output_uri: str, previous: str | None) -> InputFn:
-    """A shard's input records: the plan's raw shard, or the committed outputs of the stage
-    `previous` read through its marker."""
+def shard_inputs(
+    store: Store, plan: ShardPlan, output_uri: str, previous: str | None, id_field: str
+) -> InputFn:
+    """A shard's input records: the plan's raw shard (each record given its stable key, see
+    `recordkeys`), or the committed outputs of the stage `previous` read through its marker."""
 
     def raw(index: int) -> Iterable[RawRecord]:
-        return plan.shards[index].read(store)
+        return assign_keys(plan.shards[index].read(store), id_field)
 
     def committed(index: int) -> Iterable[RawRecord]:
         assert previous is not None
@@ -87,7 +90,7 @@ def run_records_shard(
     if existing is not None:
         log.info("shard %d of %s already committed by %s", index, ref.stage_id, existing.attempt)
         return ShardResult(index, False, True, existing.stats)
-    items = shard_inputs(store, plan, output_uri, ref.previous)(index)
+    items = shard_inputs(store, plan, output_uri, ref.previous, document.job.input.id_field)(index)
     out = ShardOutput(store, stage_uri, ref.stage_id, index)
     stats = Stats()
     try:
@@ -160,7 +163,9 @@ async def run_llm_block(
     done = committed_reports(store, plans, output_uri, shards)
     if len(done) == len(shards):
         return done
-    inputs = shard_inputs(store, plan, output_uri, plans[0].ref.previous)
+    inputs = shard_inputs(
+        store, plan, output_uri, plans[0].ref.previous, document.job.input.id_field
+    )
     engine = engine or make_engine(document.job.engine)
     # Built before the engine starts, so the model load is charged to the first commit.
     runner = RewriteRunner(

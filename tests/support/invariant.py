@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -50,10 +51,20 @@ def check_invariant(
                     )
                 if kind == REJECTS_KIND or last:
                     for raw in records:
-                        record = raw.record or {}
-                        ended[repr(record.get(id_field))] += 1
+                        ended[repr(_id(raw.record or {}, id_field))] += 1
     expected = Counter(repr(i) for i in input_ids)
     if ended != expected:
         missing = sorted((expected - ended).elements())
         extra = sorted((ended - expected).elements())
         raise InvariantError(f"ids lost: {missing[:10]}; ids more than once: {extra[:10]}")
+
+
+def _id(record: dict[str, object], id_field: str) -> object:
+    """The record's id; for the reject of an undecodable line, the id in its raw text."""
+    if id_field in record or not isinstance(record.get("raw"), str):
+        return record.get(id_field)
+    try:
+        value = json.loads(str(record["raw"]))
+    except ValueError:
+        return None
+    return value.get(id_field) if isinstance(value, dict) else None

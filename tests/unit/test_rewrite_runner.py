@@ -20,6 +20,7 @@ from palimpsest.engines import (
     GenerationResult,
 )
 from palimpsest.job import InputSpec, Job, RewriteSettings
+from palimpsest.recordfields import KEY_FIELD
 from palimpsest.records import RawRecord
 from palimpsest.rewrite.checkpoint import Checkpoint, load_checkpoints, resume
 from palimpsest.rewrite.runner import LostCommitError, RewriteRunner, RunnerSettings, StagePlan
@@ -144,8 +145,8 @@ def test_stream_commits_each_stage_of_each_shard(tmp_path: Path) -> None:
     last_sgcr = max(i for i, r in enumerate(requests) if r.startswith("sgcr:"))
     assert first_scor < last_sgcr
     ends = [rid for what, rid in engine.log if what == "end"]
-    first_b = engine.log.index(("start", "sgcr:b0"))
-    last_a_end = max(engine.log.index(("end", r)) for r in ends if r.endswith(":a6"))
+    first_b = engine.log.index(("start", 'sgcr:"b0"'))
+    last_a_end = max(engine.log.index(("end", r)) for r in ends if r.endswith(':"a6"'))
     assert first_b < last_a_end
     store = LocalStore()
     for plan in plans():
@@ -185,6 +186,45 @@ def test_dead_engine_then_resume_without_regenerating(tmp_path: Path) -> None:
             assert marker is not None
             tokens += marker.stats.prompt_tokens
         assert tokens == total * PROMPT_TOKENS
+
+
+HOSTILE_IDS: list[object] = [None, 1.5, True, 1, "1", "x#1", "x", "x", [1, 2], {"a": 1}]
+
+
+def hostile(shard: int) -> Iterable[RawRecord]:
+    """Ids of every JSON type, repeats, a '#'-suffixed id, and a record without one."""
+    for position, rid in enumerate(HOSTILE_IDS):
+        yield RawRecord("mem", position, {"id": rid, "text": code(position)})
+    yield RawRecord("mem", len(HOSTILE_IDS), {"text": code(99)})
+
+
+def test_hostile_ids_resume_without_duplicates_or_losses(tmp_path: Path) -> None:
+    output = str(tmp_path / "out")
+    total = len(HOSTILE_IDS) + 1
+    for engine in (FakeEngine(max_in_flight=2, die_after=7), FakeEngine(max_in_flight=2)):
+        runner = RewriteRunner(
+            engine,
+            LocalStore(),
+            output,
+            plans(),
+            hostile,
+            settings=RunnerSettings(checkpoint_records=1),
+        )
+        try:
+            asyncio.run(runner.run([0]))
+        except EngineDeadError:
+            continue
+    store = LocalStore()
+    for plan in plans():
+        marker = read_marker(store, plan.ref.uri(output), 0)
+        assert marker is not None, plan.ref.kind
+        assert marker.stats.records_in == total, plan.ref.kind
+        records = [r.record for r in read_committed(store, marker) if r.record]
+        keys = [r[KEY_FIELD] for r in records]
+        assert len(keys) == len(set(keys)) == total
+        assert sorted(map(repr, (r.get("id") for r in records))) == sorted(
+            map(repr, [*HOSTILE_IDS, "@mem:10"])
+        )
 
 
 def test_rerun_of_committed_block_sends_nothing(tmp_path: Path) -> None:

@@ -87,12 +87,14 @@ def options_from(args: argparse.Namespace) -> LocalOptions:
 def run(args: argparse.Namespace) -> int:
     from palimpsest.engines.base import EngineDeadError
     from palimpsest.localrun import LocalRunError, load_job, prepare, run_job
+    from palimpsest.records import CorruptObjectError
+    from palimpsest.storage import StorageError
 
     options = options_from(args)
     started = time.monotonic()
     try:
         local = prepare(load_job(Path(args.job), options), options)
-    except (LocalRunError, ValueError) as exc:
+    except (LocalRunError, ValueError, StorageError) as exc:
         return config_error(exc)
     if local.job.dry_run:
         print(
@@ -104,8 +106,11 @@ def run(args: argparse.Namespace) -> int:
     progress, close_bars = tqdm_progress(enabled=not args.no_progress)
     try:
         run_job(local, options, progress)
-    except LocalRunError as exc:
+    except (LocalRunError, CorruptObjectError) as exc:
         return config_error(exc)
+    except StorageError as exc:
+        print(f"error: {exc}; a re-run resumes", file=sys.stderr)
+        return 1
     except EngineDeadError as exc:
         print(f"error: the engine died: {exc}; a re-run resumes", file=sys.stderr)
         return 1

@@ -10,8 +10,8 @@ them. Nothing else of the spec is passed as flags.
 Exit codes: 0 when every shard of the index is committed (by this attempt or an earlier one);
 3 for a configuration that can never work (an unreadable or foreign job document, tool
 versions other than the pins, an index outside the plan, a storage endpoint that ignores
-conditional puts); other non-zero values for failures
-worth a retry (a dead engine, storage errors), so the Job retries the index.
+conditional puts, a damaged input object such as a truncated .zst); other non-zero values
+for failures worth a retry (a dead engine, storage errors), so the Job retries the index.
 """
 
 from __future__ import annotations
@@ -166,13 +166,21 @@ def run(args: argparse.Namespace) -> int:
         runner_settings(args)
     except (DocumentError, ConditionalPutError, ValueError, IndexError) as exc:
         return config_error(exc)
+    from palimpsest.records import CorruptObjectError
     from palimpsest.stages.registry import STAGES, Runner
+    from palimpsest.storage import StorageError
 
     summary: dict[str, Any] | None
-    if STAGES[work.stages[0]].runner is Runner.RECORDS:
-        summary = run_records(work, args.workers)
-    else:
-        summary = run_llm(work, runner_settings(args))
+    try:
+        if STAGES[work.stages[0]].runner is Runner.RECORDS:
+            summary = run_records(work, args.workers)
+        else:
+            summary = run_llm(work, runner_settings(args))
+    except CorruptObjectError as exc:
+        return config_error(exc)  # the same bytes fail every retry
+    except StorageError as exc:
+        log.error("shards %s failed, to be retried: %s", list(work.shards), exc)
+        return 1
     if summary is None:
         return 1
     print(json.dumps(summary), file=sys.stdout)

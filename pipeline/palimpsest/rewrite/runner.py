@@ -33,6 +33,7 @@ from typing import Any
 from palimpsest.commit import OUTPUT_KIND, REJECTS_KIND, ShardOutput, read_committed, read_marker
 from palimpsest.engines.base import Engine, EngineDeadError, GenerationResult
 from palimpsest.identity import StageRef
+from palimpsest.recordkeys import assign_keys, record_key
 from palimpsest.records import RawRecord, Record
 from palimpsest.rewrite.checkpoint import (
     Checkpoint,
@@ -101,15 +102,6 @@ class LostCommitError(RuntimeError):
 
 class MissingInputError(RuntimeError):
     """The stage this worker reads from has not committed a shard yet."""
-
-
-def record_key(raw: RawRecord, id_field: str) -> str:
-    """A record's identity within a shard: its id, or where it came from when it has none."""
-    if raw.record is not None:
-        value = raw.record.get(id_field)
-        if isinstance(value, str | int) and not isinstance(value, bool):
-            return str(value)
-    return f"{raw.source}@{raw.position}"
 
 
 def count_request(stats: Stats, result: GenerationResult | None) -> None:
@@ -256,9 +248,8 @@ class RewriteRunner:
         if first is None:
             return
         bridges = self._bridges(states, first)
-        seen: dict[str, int] = {}
         for raw in self._source(shard, first):
-            key = _unique(record_key(raw, self.id_field), seen)
+            key = record_key(raw, self.id_field)
             start = self._start_point(states, first, key, raw, bridges)
             if start is None:
                 continue
@@ -298,8 +289,8 @@ class RewriteRunner:
         return states
 
     def _source(self, shard: int, first: int) -> Iterable[RawRecord]:
-        if first == 0:
-            return self.inputs(shard)
+        if first == 0:  # keys are assigned from the raw shard (again: assigning is idempotent)
+            return assign_keys(self.inputs(shard), self.id_field)
         previous = self.stages[first - 1].ref
         marker = read_marker(self.store, previous.uri(self.output_uri), shard)
         if marker is None:
@@ -445,13 +436,6 @@ class RewriteRunner:
         share = (now - self._mark[0], engine_now - self._mark[1])
         self._mark = (now, engine_now)
         return share
-
-
-def _unique(key: str, seen: dict[str, int]) -> str:
-    """Repeated ids within a shard get an occurrence suffix, so keys stay unique."""
-    count = seen.get(key, 0)
-    seen[key] = count + 1
-    return key if count == 0 else f"{key}#{count}"
 
 
 def _bad_item(raw: RawRecord) -> Record:
