@@ -2,8 +2,10 @@
 
 - `palimpsest.dev/retry-failed: <new value>` on a Failed job: new Jobs (attempt + 1) for the
   stages not yet complete; committed shards are skipped by the workers.
-- `palimpsest.dev/rerun: <new value>`: every stage's markers are removed and everything runs
-  again under a new attempt; the counts start from zero.
+- `palimpsest.dev/rerun: <new value>`: first every Job of the previous run is deleted and
+  waited for (no old pod may commit into the rerun); then every stage's markers and chunk
+  checkpoints are removed and everything runs again under a new attempt; the counts start
+  from zero.
 The values already acted on are kept in status (`retried`), so re-applying the same
 annotation does nothing.
 """
@@ -16,7 +18,8 @@ from typing import Any
 
 from palimpsest.commit import MARKERS
 from palimpsest.identity import StageRef
-from palimpsest.storage import Store, join
+from palimpsest.rewrite.checkpoint import CHECKPOINTS
+from palimpsest.storage import ObjectInfo, StorageError, Store, join
 from palimpsest_operator import constants as c
 from palimpsest_operator.cluster import Event
 
@@ -32,6 +35,12 @@ class Requested:
     forget_counts: bool = False
     """The counts so far no longer hold (a rerun): start from nothing."""
     events: list[Event] = field(default_factory=list)
+
+
+def rerun_pending(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
+    """A rerun annotation value not acted on yet."""
+    rerun = annotations.get(c.ANNOTATION_RERUN)
+    return rerun is not None and rerun != (status.get("retried") or {}).get("rerun")
 
 
 def requested(
@@ -56,9 +65,8 @@ def requested(
                     "Normal", c.REASON_RETRYING, f"retrying uncommitted shards (attempt {attempt})"
                 )
             )
-    rerun = annotations.get(c.ANNOTATION_RERUN)
-    if rerun is not None and rerun != retried.get("rerun"):
-        retried["rerun"] = rerun
+    if rerun_pending(annotations, status):
+        retried["rerun"] = annotations[c.ANNOTATION_RERUN]
         attempt += 1
         forget = True
         deleted = sum(forget_stage(store, ref.uri(output_uri)) for ref in refs)
@@ -74,8 +82,16 @@ def requested(
 
 
 def forget_stage(store: Store, stage_uri: str) -> int:
-    """Delete a stage's markers, so that its shards run again (their parts stay behind)."""
-    listing = store.list(join(stage_uri, MARKERS))
-    for info in listing:
+    """Delete a stage's markers and chunk checkpoints, so that its shards run again from the
+    start (their parts stay behind, for `palimpsest gc`); returns the markers deleted."""
+    listing = _listing(store, join(stage_uri, MARKERS))
+    for info in [*listing, *_listing(store, join(stage_uri, CHECKPOINTS))]:
         store.delete(info.uri)
     return len(listing)
+
+
+def _listing(store: Store, prefix: str) -> list[ObjectInfo]:
+    try:
+        return store.list(prefix + "/")
+    except StorageError:  # a local folder that was never written: nothing to delete
+        return []

@@ -26,6 +26,8 @@ class JobView:
     finished: str | None = None
     """"Complete" or "Failed" once the Job controller says so."""
     shards_per_index: int = 1
+    deleting: bool = False
+    """Deletion was asked for; the Job stays until its pods have stopped (foreground)."""
 
 
 class Cluster(Protocol):

@@ -67,7 +67,9 @@ class KubeCluster:
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            # Foreground: the Job stays (marked deleting) until its pods are gone, so the
+            # operator can tell when no old pod can still commit.
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Foreground")
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -93,4 +95,5 @@ def _view(job: Any) -> JobView:
         failed_indexes=status.failed_indexes,
         finished=finished,
         shards_per_index=int(annotations.get(c.ANNOTATION_SHARDS_PER_INDEX, "1")),
+        deleting=job.metadata.deletion_timestamp is not None,
     )

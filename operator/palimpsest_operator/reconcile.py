@@ -27,7 +27,7 @@ from palimpsest.job import Job, parse_job
 from palimpsest.stages.registry import Runner, groups
 from palimpsest_operator import constants as c
 from palimpsest_operator import jobs as builders
-from palimpsest_operator.annotations import requested
+from palimpsest_operator.annotations import requested, rerun_pending
 from palimpsest_operator.cluster import Cluster, Event, JobView, Resource, TickResult
 from palimpsest_operator.inputs import ensure_document, ensure_plan, load_prompts
 from palimpsest_operator.manifest import manifest_uri, write_manifest
@@ -142,6 +142,14 @@ class Tick:
         refs = document.stage_refs()
         self.status["stageIds"] = {ref.kind: ref.stage_id for ref in refs}
         self.status["outputs"] = {ref.kind: ref.uri(job.output_uri) for ref in refs}
+        if rerun_pending(self.res.annotations, self.old):
+            waiting = self.stop_old_jobs()
+            if waiting:
+                return self.finish(
+                    c.PENDING,
+                    c.REASON_RERUN,
+                    f"rerun requested: waiting for {waiting} Jobs of the previous run to stop",
+                )
         asked = requested(self.res.annotations, self.old, storage.store, job.output_uri, refs)
         self.events += asked.events
         self.status["retried"] = asked.retried
@@ -317,8 +325,17 @@ class Tick:
             if v.state == c.STAGE_RUNNING
         }
 
+    def stop_old_jobs(self) -> int:
+        """Delete every Job of this RewriteJob (a rerun must not start while an old pod can
+        still commit); returns how many are still there."""
+        existing = self.cluster.list_jobs(self.res.namespace, self.res.name)
+        for view in existing:
+            if not view.deleting:
+                self.cluster.delete_job(self.res.namespace, view.name)
+        return len(existing)
+
     def delete_stale(self, existing: Mapping[str, JobView], wanted: set[str]) -> None:
-        for name in sorted(set(existing) - wanted):
+        for name in sorted(n for n in set(existing) - wanted if not existing[n].deleting):
             self.cluster.delete_job(self.res.namespace, name)
             self.emit(
                 "Normal",

@@ -35,6 +35,7 @@ class FakeCluster:
         self.jobs: dict[str, JobView] = {}
         self.manifests: dict[str, dict[str, Any]] = {}
         self.deleted: list[str] = []
+        self.lingering = False  # deleted Jobs stay, marked deleting, like foreground deletion
         self.secrets: dict[str, dict[str, str]] = {}
         self.config_maps: dict[str, dict[str, str]] = {}
 
@@ -61,7 +62,10 @@ class FakeCluster:
 
     def delete_job(self, namespace: str, name: str) -> None:
         self.deleted.append(name)
-        self.jobs.pop(name, None)
+        if self.lingering:
+            self.jobs[name] = replace(self.jobs[name], deleting=True)
+        else:
+            self.jobs.pop(name, None)
 
     def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
         self.jobs[name] = replace(self.jobs[name], suspended=suspended)
@@ -353,12 +357,25 @@ def test_rerun_annotation_runs_every_stage_again_once(tmp_path: Path) -> None:
     h.cluster.progress(name, "0-2", finished="Complete")
     h.tick()
     assert h.status["phase"] == c.SUCCEEDED
+    checkpoints = Path(h.stage_uri(), "_checkpoints", "shard-000000")
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "old-000000.json").write_text("{}")
     h.manifest["metadata"]["annotations"] = {c.ANNOTATION_RERUN: "2026-01-02"}
+    h.cluster.lingering = True  # deleted Jobs stay until their pods have stopped
+    result = h.tick()
+    assert h.status["phase"] == c.PENDING and "waiting for 1 Jobs" in h.status["message"]
+    assert name in h.cluster.deleted
+    assert len(list(Path(h.stage_uri(), "_markers").iterdir())) == 3  # old pods may still run
+    h.tick()
+    assert h.cluster.deleted.count(name) == 1  # asked once
+    h.cluster.lingering = False
+    h.cluster.jobs.pop(name)  # its pods are gone
     result = h.tick()
     assert c.REASON_RERUN in reasons(result)
     assert h.status["phase"] == c.FILTERING and h.status["shards"]["succeeded"] == 0
     assert not list(Path(h.stage_uri(), "_markers").iterdir())
+    assert not list(checkpoints.iterdir())
     (again,) = h.cluster.jobs
-    assert again.endswith("-r1") and name in h.cluster.deleted
+    assert again.endswith("-r1")
     assert not h.tick().events  # the same value acts once
     assert list(h.cluster.jobs) == [again]
