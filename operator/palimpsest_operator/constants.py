@@ -65,6 +65,7 @@ REASON_RESUMED: Final = "Resumed"
 REASON_STALE_JOB_DELETED: Final = "StaleJobDeleted"
 REASON_RETRYING: Final = "RetryingFailedShards"
 REASON_RERUN: Final = "Rerun"
+REASON_WRITING_MANIFEST: Final = "WritingManifest"
 
 # Stage states (status.stages[].state).
 STAGE_WAITING: Final = "Waiting"

@@ -30,7 +30,7 @@ from palimpsest_operator import jobs as builders
 from palimpsest_operator.annotations import requested, rerun_pending
 from palimpsest_operator.cluster import Cluster, Event, JobView, Resource, TickResult
 from palimpsest_operator.inputs import ensure_document, ensure_plan, load_prompts
-from palimpsest_operator.manifest import manifest_uri, write_manifest
+from palimpsest_operator.manifest import ManifestProgress, manifest_uri, write_manifest_step
 from palimpsest_operator.placement import Placement, parse_placement
 from palimpsest_operator.progress import (
     Tally,
@@ -207,7 +207,16 @@ class Tick:
         self.stage_events(views, previous_stages)
         if outcome[0] == c.SUCCEEDED:
             last = works[-1].stages[-1]
-            self.status["manifestUri"] = self.ensure_manifest(job, storage, last, views[-1])
+            uri = self.ensure_manifest(job, storage, last, views[-1])
+            if uri is None:
+                done = self.status["manifest"]["next"]
+                outcome = (
+                    c.REWRITING if job.rewrite else c.FILTERING,
+                    c.REASON_WRITING_MANIFEST,
+                    f"writing the dataset manifest: {done} of {views[-1].tally.total} shards",
+                )
+            else:
+                self.status["manifestUri"] = uri
         return self.finish(*outcome)
 
     def count(self, run: GroupRun, storage: JobStorage, checkpoint: Mapping[str, Any]) -> None:
@@ -345,13 +354,19 @@ class Tick:
 
     def ensure_manifest(
         self, job: Job, storage: JobStorage, last: StageRef, view: StageView
-    ) -> str:
-        """The final dataset manifest (written once): the last stage's committed parts."""
+    ) -> str | None:
+        """The final dataset manifest, streamed over ticks: its URI once written, None while
+        part lists remain (the position is kept in status.manifest)."""
         uri = manifest_uri(job.output_uri, last)
         if self.old.get("manifestUri") == uri:
             return uri
         owner = f"{self.res.namespace}/{self.res.name}"
-        return write_manifest(storage, owner, job.output_uri, last, view.tally.total)
+        progress = ManifestProgress.from_status(self.old.get("manifest"), last.stage_id)
+        progress, written = write_manifest_step(
+            storage, owner, job.output_uri, last, view.tally.total, progress
+        )
+        self.status["manifest"] = progress.to_status()
+        return written
 
     def stage_events(
         self, views: Sequence[StageView], previous: Mapping[Any, Mapping[str, Any]]

@@ -178,7 +178,9 @@ def test_filter_job_runs_to_succeeded(tmp_path: Path) -> None:
     ready = {k["type"]: k["status"] for k in h.status["conditions"]}
     assert ready[c.COND_READY] == "True" and ready[c.COND_PROGRESSING] == "False"
     manifest = json.loads(Path(h.status["manifestUri"]).read_text())
-    assert manifest["records"] == 3 and len(manifest["parts"]) == 3
+    assert manifest["records"] == 3 and manifest["shards"] == 3
+    (parts,) = manifest["partLists"]
+    assert len(Path(parts).read_text().splitlines()) == 3
 
     again = h.tick()  # re-applying / re-ticking an unchanged job does nothing
     assert not again.events and h.status["records"]["kept"] == 3

@@ -1,0 +1,94 @@
+"""The dataset manifest streamed over ticks: bounded work per tick, every part listed once."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from palimpsest.commit import Marker, Part, marker_uri
+from palimpsest.identity import StageRef
+from palimpsest.stats import Stats
+from palimpsest.storage import LocalStore
+from palimpsest_operator import manifest
+from palimpsest_operator.manifest import ManifestProgress, write_manifest_step
+from palimpsest_operator.storage import JobStorage
+
+LAST = StageRef("scor", "scor-0123456789ab", "sgcr-0123456789ab")
+PARTS_PER_SHARD = 4
+
+
+def commit_shards(output: str, shards: int) -> None:
+    store = LocalStore()
+    for shard in range(shards):
+        parts = [Part(f"{output}/p/{shard}-{i}.jsonl.zst", 10, 100) for i in range(PARTS_PER_SHARD)]
+        marker = Marker(shard, "a", LAST.stage_id, {"output": parts}, Stats(), "2026-01-01")
+        store.put_bytes(marker_uri(LAST.uri(output), shard), marker.to_json())
+
+
+def test_the_manifest_is_written_over_ticks_and_lists_every_part_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manifest, "LIST_SHARDS", 10)
+    monkeypatch.setattr(manifest, "LISTS_PER_TICK", 2)
+    output, shards = str(tmp_path / "out"), 45
+    commit_shards(output, shards)
+    storage = JobStorage(LocalStore())
+    progress, uri, ticks = ManifestProgress(LAST.stage_id), None, 0
+    while uri is None:
+        # Through status, as the operator carries it from tick to tick.
+        status = json.loads(json.dumps(progress.to_status()))
+        progress = ManifestProgress.from_status(status, LAST.stage_id)
+        progress, uri = write_manifest_step(storage, "ns/job", output, LAST, shards, progress)
+        ticks += 1
+    assert ticks == 3  # 5 lists, 2 per tick
+    body = json.loads(Path(uri).read_text())
+    assert body["records"] == shards * PARTS_PER_SHARD * 10
+    listed = [
+        json.loads(line) for lst in body["partLists"] for line in Path(lst).read_text().splitlines()
+    ]
+    assert len(listed) == len({p["uri"] for p in listed}) == shards * PARTS_PER_SHARD
+    assert sorted({p["shard"] for p in listed}) == list(range(shards))
+
+
+def test_a_tick_stops_starting_lists_after_its_time_budget(tmp_path: Path) -> None:
+    output = str(tmp_path / "out")
+    commit_shards(output, 3)
+    clock = iter([0.0, manifest.TICK_SECONDS + 1, manifest.TICK_SECONDS + 2])
+    old = manifest.LIST_SHARDS
+    manifest.LIST_SHARDS = 1
+    try:
+        progress, uri = write_manifest_step(
+            JobStorage(LocalStore()),
+            "ns/j",
+            output,
+            LAST,
+            3,
+            ManifestProgress(LAST.stage_id),
+            clock=lambda: next(clock),
+        )
+    finally:
+        manifest.LIST_SHARDS = old
+    assert uri is None and progress.next == 1  # one list, then the budget was spent
+
+
+def test_memory_of_a_tick_does_not_grow_with_the_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Peak allocation writing 300 shards' lists is the same as for 3,000: one list at a time."""
+    monkeypatch.setattr(manifest, "LIST_SHARDS", 100)
+    peaks = []
+    for shards in (300, 3000):
+        output = str(tmp_path / f"out{shards}")
+        commit_shards(output, shards)
+        tracemalloc.start()
+        progress, uri = ManifestProgress(LAST.stage_id), None
+        while uri is None:
+            progress, uri = write_manifest_step(
+                JobStorage(LocalStore()), "ns/j", output, LAST, shards, progress
+            )
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.5 * peaks[0], peaks
