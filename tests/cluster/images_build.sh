@@ -13,12 +13,14 @@
 #
 # Usage: tests/cluster/images_build.sh [image ...]   (default: operator filter)
 #        tests/cluster/images_build.sh --print-podman   (the podman command line it uses)
-# Environment: PALIMPSEST_CACHE (default ~/.cache/palimpsest), DEBIAN_MIRROR.
+# Environment: PALIMPSEST_CACHE (default ~/.cache/palimpsest), DEBIAN_MIRROR, HOST_CA_BUNDLE
+# (the CA bundle pip trusts during builds; default the host's).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 CACHE="${PALIMPSEST_CACHE:-$HOME/.cache/palimpsest}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+HOST_CA="${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 BASE_NAME="docker.io/library/python:3.11.14-slim-bookworm"
 BASE_PACKAGES="python3,python3.11,python3.11-venv,python3-distutils,python3-lib2to3,python3-pip-whl,python3-setuptools-whl,python-is-python3,ca-certificates"
 VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1)"
@@ -66,7 +68,11 @@ build_image() {
   else
     base_image
     start=$SECONDS
+    # The host's CA bundle (this network's TLS proxy) for pip, mounted for RUN steps only:
+    # nothing of it stays in the image.
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$dir/pip.conf"
     "${PODMAN[@]}" build --pull=never --network host -f "$REPO/images/$image/Dockerfile" \
+      -v "$HOST_CA:/etc/ssl/certs/ca-certificates.crt:ro" -v "$dir/pip.conf:/etc/pip.conf:ro" \
       -t "$tag" "$REPO" > "$dir/$image.build.log" 2>&1
     log_time "$image" build $((SECONDS - start))
     "${PODMAN[@]}" save --format oci-archive -o "$dir/$image.tar.part" "$tag"

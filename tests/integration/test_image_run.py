@@ -2,13 +2,15 @@
 
 tests/cluster/images_build.sh builds (or loads from its cache) the filter image; the test runs
 it the way the operator's pods do: read-only root, uid 10001, every capability dropped, /tmp
-and the cache folder on tmpfs, no network. The entry point must answer `worker --help`, the
-cache paths the image sets must be writable and the root must not be.
+on tmpfs, the cache folder on a folder of the pod's uid (like the emptyDir), no network. The
+entry point must answer `worker --help`, the cache paths the image sets must be writable and
+the root must not be.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -47,7 +49,11 @@ def filter_image() -> str:
     return IMAGE
 
 
-def run(image: str, *args: str, entrypoint: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    image: str, cache: Path, *args: str, entrypoint: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The image under its pod's constraints; `cache` stands in for the cache emptyDir
+    (a folder of the pod's uid: podman's tmpfs options ignore the mode here)."""
     command = [
         *PODMAN,
         "run",
@@ -61,9 +67,9 @@ def run(image: str, *args: str, entrypoint: str | None = None) -> subprocess.Com
         "--network",
         "none",
         "--tmpfs",
-        f"{runtime.TMP_DIR}:rw,size=64m",
-        "--tmpfs",
-        f"{runtime.CACHE_DIR}:rw,size=64m,uid={runtime.RUN_AS_UID}",
+        f"{runtime.TMP_DIR}:rw,size=64m,mode=1777",
+        "--volume",
+        f"{cache}:{runtime.CACHE_DIR}:rw",
         *ulimits(),
     ]
     if entrypoint:
@@ -80,13 +86,22 @@ def test_image_declares_the_runtime_user(filter_image: str) -> None:
     assert config["Entrypoint"] == ["palimpsest"]
 
 
-def test_worker_entry_point_runs_read_only_as_the_runtime_user(filter_image: str) -> None:
-    done = run(filter_image, "worker", "--help")
+def cache_dir(tmp_path: Path) -> Path:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.chown(cache, runtime.RUN_AS_UID, runtime.RUN_AS_UID)
+    return cache
+
+
+def test_worker_entry_point_runs_read_only_as_the_runtime_user(
+    filter_image: str, tmp_path: Path
+) -> None:
+    done = run(filter_image, cache_dir(tmp_path), "worker", "--help")
     assert done.returncode == 0, done.stderr
     assert "--job URI" in done.stdout and "--stages" in done.stdout
 
 
-def test_cache_paths_are_writable_and_the_root_is_not(filter_image: str) -> None:
+def test_cache_paths_are_writable_and_the_root_is_not(filter_image: str, tmp_path: Path) -> None:
     script = (
         "import os, pathlib\n"
         f"assert os.getuid() == {runtime.RUN_AS_UID}\n"
@@ -98,6 +113,6 @@ def test_cache_paths_are_writable_and_the_root_is_not(filter_image: str) -> None
         "except OSError:\n"
         "    print('root read-only')\n"
     )
-    done = run(filter_image, "-c", script, entrypoint="python")
+    done = run(filter_image, cache_dir(tmp_path), "-c", script, entrypoint="python")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "root read-only"
