@@ -77,6 +77,7 @@ build_image() {
     log_time "$image" build $((SECONDS - start))
     "${PODMAN[@]}" save --format oci-archive -o "$dir/$image.tar.part" "$tag"
     mv "$dir/$image.tar.part" "$dir/$image.tar"
+    "${PODMAN[@]}" image prune -f > /dev/null  # the build stage's dangling image
   fi
   echo "$tag $dir/$image.tar"
 }
