@@ -40,13 +40,15 @@ REWRITING: Final = "Rewriting"
 SUCCEEDED: Final = "Succeeded"
 FAILED: Final = "Failed"
 SUSPENDED: Final = "Suspended"
-PHASES: Final = (PENDING, FILTERING, REWRITING, SUCCEEDED, FAILED, SUSPENDED)
+WAITING_FOR_ADMISSION: Final = "WaitingForAdmission"  # a queued Job Kueue has not admitted yet
+PHASES: Final = (PENDING, FILTERING, REWRITING, WAITING_FOR_ADMISSION, SUCCEEDED, FAILED, SUSPENDED)
 
 # Condition types (status.conditions).
 COND_READY: Final = "Ready"  # True once every stage committed every shard
 COND_PROGRESSING: Final = "Progressing"
 COND_FAILED: Final = "Failed"
 COND_SUSPENDED: Final = "Suspended"
+COND_WAITING_FOR_ADMISSION: Final = "WaitingForAdmission"
 
 # Condition and Event reasons.
 REASON_INVALID_SPEC: Final = "InvalidSpec"
@@ -61,6 +63,7 @@ REASON_SHARDS_FAILED: Final = "ShardsFailed"
 REASON_SUCCEEDED: Final = "Succeeded"
 REASON_DRY_RUN: Final = "DryRun"
 REASON_SUSPENDED: Final = "Suspended"
+REASON_WAITING_FOR_ADMISSION: Final = "WaitingForAdmission"
 REASON_RESUMED: Final = "Resumed"
 REASON_STALE_JOB_DELETED: Final = "StaleJobDeleted"
 REASON_RETRYING: Final = "RetryingFailedShards"

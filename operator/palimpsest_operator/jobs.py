@@ -23,7 +23,7 @@ from palimpsest.identity import StageRef
 from palimpsest.job import Job
 from palimpsest.stages.registry import STAGES, Runner
 from palimpsest_operator import constants as c
-from palimpsest_operator.placement import Placement, PoolPlacement, Resources
+from palimpsest_operator.placement import Placement, PodTemplate, PoolPlacement, Resources
 
 MAX_NAME: Final = 63
 """Kubernetes label values and Job names the Job controller can put on pods: at most 63."""
@@ -39,9 +39,14 @@ SHM_SIZE: Final = "16Gi"
 TMP_SIZE: Final = "20Gi"
 """Size cap of the /tmp emptyDir: record parts are written there before upload."""
 
-CACHE_SIZE: Final[Mapping[Runner, str]] = {Runner.RECORDS: "1Gi", Runner.LLM: "100Gi"}
-"""Size cap of the cache emptyDir: small for CPU stages, room for a model's weights and
-vLLM's compile caches for LLM stages (a PVC at /models holds larger models)."""
+CPU_CACHE_SIZE: Final = "1Gi"
+"""Size cap of the cache emptyDir of CPU stages. LLM stages take
+spec.rewrite.engine.modelCacheSize (placement.DEFAULT_MODEL_CACHE_SIZE): room for a model's
+weights in the hub cache at HF_HOME and vLLM's compile caches (a PVC at /models holds
+larger models)."""
+
+HF_TOKEN_ENV: Final = "HF_TOKEN"
+"""The variable the Hugging Face hub client reads its token from (gated models)."""
 
 
 @dataclass(frozen=True)
@@ -134,21 +139,51 @@ def stage_job(work: StageJob) -> dict[str, Any]:
         args += ["--workers", str(_whole_cpus(work.pool.resources))]
     else:
         _llm_parts(work, pod)
+    cache_size = (
+        CPU_CACHE_SIZE if work.runner is Runner.RECORDS else work.placement.gpu.model_cache_size
+    )
     pod.volumes += [
         {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
-        {"name": "cache", "emptyDir": {"sizeLimit": CACHE_SIZE[work.runner]}},
+        {"name": "cache", "emptyDir": {"sizeLimit": cache_size}},
     ]
     pod.mounts += [
         {"name": "tmp", "mountPath": runtime.TMP_DIR},
         {"name": "cache", "mountPath": runtime.CACHE_DIR},
     ]
+    patch = work.pool.pod_template
+    pod.env = _merge_env(pod.env, patch.env)
+    pod.volumes += [dict(v) for v in patch.volumes]
+    pod.mounts += [dict(m) for m in patch.volume_mounts]
     container = _container(work.pool, args, pod)
     indexes = math.ceil(work.total_shards / block)
     annotations = {
         c.ANNOTATION_STAGE_IDS: ",".join(s.stage_id for s in work.stages),
         c.ANNOTATION_SHARDS_PER_INDEX: str(block),
     }
-    return _indexed_job(work, indexes, _pod_spec(work.pool, container, pod.volumes), annotations)
+    spec = _patch_pod_spec(_pod_spec(work.pool, container, pod.volumes), patch)
+    return _indexed_job(work, indexes, spec, annotations)
+
+
+def _merge_env(
+    env: list[dict[str, Any]], extra: tuple[Mapping[str, Any], ...]
+) -> list[dict[str, Any]]:
+    """The operator's env with a podTemplate's: an entry of the same name replaces its own."""
+    names = {e["name"] for e in extra}
+    return [e for e in env if e["name"] not in names] + [dict(e) for e in extra]
+
+
+def _patch_pod_spec(spec: dict[str, Any], patch: PodTemplate) -> dict[str, Any]:
+    """A pod spec with a podTemplate's spec fields (parse_pod_template refused owned ones)."""
+    if patch.host_network is not None:
+        spec["hostNetwork"] = patch.host_network
+        if patch.host_network:
+            spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    if patch.dns_policy:
+        spec["dnsPolicy"] = patch.dns_policy
+    if patch.runtime_class:
+        spec["runtimeClassName"] = patch.runtime_class
+    spec["containers"] += [dict(s) for s in patch.sidecars]
+    return spec
 
 
 @dataclass
@@ -173,6 +208,9 @@ def _llm_parts(work: StageJob, pod: PodParts) -> None:
     elif rewrite.api_key_secret is not None:
         secret = rewrite.api_key_secret
         pod.env.append(_secret_env(engine.api_key_env, secret.name, secret.key, optional=False))
+    if rewrite.hub_token_secret is not None:
+        token = rewrite.hub_token_secret
+        pod.env.append(_secret_env(HF_TOKEN_ENV, token.name, token.key, optional=False))
     if rewrite.model_claim:
         claim = {"claimName": rewrite.model_claim, "readOnly": rewrite.model_claim_read_only}
         pod.volumes.append({"name": "models", "persistentVolumeClaim": claim})
@@ -181,6 +219,9 @@ def _llm_parts(work: StageJob, pod: PodParts) -> None:
             "PALIMPSEST_MODEL_CACHE": f"{c.MODELS_MOUNT}/cache",
             "HF_HOME": f"{c.MODELS_MOUNT}/huggingface",
         }
+        if rewrite.model_claim_read_only:
+            # A read-only claim holds the weights: the hub client must not try to download.
+            overrides["HF_HUB_OFFLINE"] = "1"
         pod.env = [e for e in pod.env if e["name"] not in overrides]
         pod.env += [{"name": k, "value": v} for k, v in overrides.items()]
     if pod.gpus > 1:
@@ -210,7 +251,11 @@ def _indexed_job(
 ) -> dict[str, Any]:
     placement = work.placement
     labels = job_labels(work.owner.name, work.stages[-1])
-    pod_labels = dict(labels)
+    patch = work.pool.pod_template
+    pod_labels = {**patch.labels, **labels}
+    pod_meta: dict[str, Any] = {"labels": pod_labels}
+    if patch.annotations:
+        pod_meta["annotations"] = dict(patch.annotations)
     if placement.queue_name:
         labels[c.LABEL_KUEUE_QUEUE] = placement.queue_name
     return {
@@ -243,8 +288,9 @@ def _indexed_job(
                     },
                 ]
             },
-            "suspend": placement.suspend,
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+            # Kueue admits a queued Job by unsuspending it: it must be created suspended.
+            "suspend": placement.suspend or bool(placement.queue_name),
+            "template": {"metadata": pod_meta, "spec": pod},
         },
     }
 

@@ -36,7 +36,28 @@ DEFAULT_FILTER_PARALLELISM: Final = 10
 DEFAULT_RETRIES: Final = 3
 """Retries of one Job index (spec.retries.perShard)."""
 
+DEFAULT_MODEL_CACHE_SIZE: Final = "100Gi"
+"""Size cap of the rewrite pods' cache emptyDir (the hub cache at HF_HOME, vLLM's compile
+caches) when no model PVC is named: spec.rewrite.engine.modelCacheSize overrides it."""
+
 _QUANTITY: Final = re.compile(r"^[0-9]+(\.[0-9]+)?([mkKMGTPE]i?)?$")
+
+RESERVED_VOLUMES: Final = frozenset({"tmp", "cache", "models", "shm", "prompts"})
+"""Volume names the Job builders use; a podTemplate may not add volumes of these names."""
+WORKER_CONTAINER: Final = "worker"
+WORKER_PATCH_KEYS: Final = frozenset({"name", "env", "volumeMounts"})
+"""What a podTemplate may add to the worker container; the rest (command, args, image,
+securityContext, resources) is the operator's."""
+POD_SPEC_PATCH_KEYS: Final = frozenset(
+    {"hostNetwork", "dnsPolicy", "runtimeClassName", "volumes", "containers"}
+)
+"""Pod spec fields a podTemplate may set; securityContext, nodeSelector, tolerations,
+restartPolicy and the rest are the operator's (or have their own spec fields)."""
+_OWNED_LABEL_PREFIXES: Final = (
+    "palimpsest.dev/",
+    "app.kubernetes.io/managed-by",
+    "kueue.x-k8s.io/",
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,27 @@ class SecretKey:
 
 
 @dataclass(frozen=True)
+class PodTemplate:
+    """A validated patch of a stage's pods (spec.filter.podTemplate, spec.rewrite.podTemplate).
+
+    Merged by the Job builders: labels and annotations added to the pod's, hostNetwork (with
+    dnsPolicy ClusterFirstWithHostNet unless given), runtimeClassName, extra volumes,
+    extra env and volumeMounts of the worker container (an env of the same name replaces
+    the operator's), and sidecar containers after the worker.
+    """
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    host_network: bool | None = None
+    dns_policy: str | None = None
+    runtime_class: str | None = None
+    volumes: tuple[Mapping[str, Any], ...] = ()
+    env: tuple[Mapping[str, Any], ...] = ()
+    volume_mounts: tuple[Mapping[str, Any], ...] = ()
+    sidecars: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class PoolPlacement:
     """How the pods of one pool's stages run."""
 
@@ -63,6 +105,7 @@ class PoolPlacement:
     node_selector: Mapping[str, str]
     tolerations: tuple[Mapping[str, Any], ...] = ()
     priority_class: str | None = None
+    pod_template: PodTemplate = field(default_factory=PodTemplate)
 
 
 @dataclass(frozen=True)
@@ -74,6 +117,10 @@ class RewritePlacement(PoolPlacement):
     """A PVC mounted at /models (model weights and their cache)."""
     model_claim_read_only: bool = False
     api_key_secret: SecretKey | None = None
+    hub_token_secret: SecretKey | None = None
+    """A Secret key given to rewrite pods as HF_TOKEN (gated hub models)."""
+    model_cache_size: str = DEFAULT_MODEL_CACHE_SIZE
+    """Size cap of the cache emptyDir holding HF_HOME when no model PVC is named."""
     shards_per_pod: int | None = None
     """None: sized so a Job has at most jobs.MAX_REWRITE_INDEXES indexes."""
 
@@ -147,6 +194,7 @@ def _cpu(data: Mapping[str, Any], default: PoolPlacement) -> PoolPlacement:
             data.get("parallelism", default.parallelism), "spec.filter.parallelism", minimum=1
         ),
         node_selector=dict(default.node_selector),
+        pod_template=parse_pod_template(data.get("podTemplate"), "spec.filter.podTemplate"),
     )
 
 
@@ -156,6 +204,7 @@ def _gpu(data: Mapping[str, Any], default: RewritePlacement) -> RewritePlacement
     prompts = mapping(data.get("prompts") or {}, f"{where}.prompts")
     volume = engine.get("modelVolume")
     api_key = engine.get("apiKeySecretRef")
+    hub_token = engine.get("hubTokenSecretRef")
     shards_per_pod = data.get("shardsPerPod")
     tolerations = data.get("tolerations", [dict(t) for t in default.tolerations])
     if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
@@ -181,6 +230,14 @@ def _gpu(data: Mapping[str, Any], default: RewritePlacement) -> RewritePlacement
         api_key_secret=None
         if api_key is None
         else _secret_key(api_key, f"{where}.engine.apiKeySecretRef"),
+        hub_token_secret=None
+        if hub_token is None
+        else _secret_key(hub_token, f"{where}.engine.hubTokenSecretRef"),
+        model_cache_size=_quantity(
+            str(engine.get("modelCacheSize", default.model_cache_size)),
+            f"{where}.engine.modelCacheSize",
+        ),
+        pod_template=parse_pod_template(data.get("podTemplate"), f"{where}.podTemplate"),
         shards_per_pod=None
         if shards_per_pod is None
         else integer(shards_per_pod, f"{where}.shardsPerPod", minimum=1),
@@ -212,3 +269,79 @@ def _quantity(text: str, where: str) -> str:
     if not _QUANTITY.match(text):
         raise ValueError(f"{where}: not a Kubernetes quantity: {text!r}")
     return text
+
+
+def parse_pod_template(value: Any, where: str) -> PodTemplate:
+    """A podTemplate patch; a field the operator owns raises ValueError naming it."""
+    if value is None:
+        return PodTemplate()
+    data = mapping(value, where)
+    _only(data, {"metadata", "spec"}, where)
+    meta = mapping(data.get("metadata") or {}, f"{where}.metadata")
+    _only(meta, {"labels", "annotations"}, f"{where}.metadata")
+    spec = mapping(data.get("spec") or {}, f"{where}.spec")
+    _only(spec, POD_SPEC_PATCH_KEYS, f"{where}.spec")
+    labels = _strings(meta.get("labels"), f"{where}.metadata.labels")
+    for key in labels:
+        if key.startswith(_OWNED_LABEL_PREFIXES):
+            raise ValueError(f"{where}.metadata.labels.{key}: owned by the operator")
+    volumes = _named_list(spec.get("volumes"), f"{where}.spec.volumes")
+    for volume in volumes:
+        if volume["name"] in RESERVED_VOLUMES:
+            raise ValueError(f"{where}.spec.volumes.{volume['name']}: owned by the operator")
+    worker: Mapping[str, Any] = {}
+    sidecars = []
+    for container in _named_list(spec.get("containers"), f"{where}.spec.containers"):
+        if container["name"] == WORKER_CONTAINER:
+            worker = container
+        else:
+            string(container.get("image"), f"{where}.spec.containers.{container['name']}.image")
+            sidecars.append(container)
+    for key in worker:
+        if key not in WORKER_PATCH_KEYS:
+            raise ValueError(
+                f"{where}.spec.containers.{WORKER_CONTAINER}.{key}: owned by the operator"
+            )
+    host_network = spec.get("hostNetwork")
+    return PodTemplate(
+        labels=labels,
+        annotations=_strings(meta.get("annotations"), f"{where}.metadata.annotations"),
+        host_network=None
+        if host_network is None
+        else boolean(host_network, f"{where}.spec.hostNetwork"),
+        dns_policy=opt_string(spec.get("dnsPolicy"), f"{where}.spec.dnsPolicy"),
+        runtime_class=opt_string(spec.get("runtimeClassName"), f"{where}.spec.runtimeClassName"),
+        volumes=tuple(volumes),
+        env=tuple(_named_list(worker.get("env"), f"{where}.spec.containers.worker.env")),
+        volume_mounts=tuple(
+            _named_list(worker.get("volumeMounts"), f"{where}.spec.containers.worker.volumeMounts")
+        ),
+        sidecars=tuple(sidecars),
+    )
+
+
+def _only(data: Mapping[str, Any], allowed: frozenset[str] | set[str], where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise ValueError(f"{where}.{key}: not allowed (owned by the operator or unknown)")
+
+
+def _strings(value: Any, where: str) -> dict[str, str]:
+    data = mapping(value or {}, where)
+    return {str(k): string(v, f"{where}.{k}") for k, v in data.items()}
+
+
+def _named_list(value: Any, where: str) -> list[dict[str, Any]]:
+    """A list of objects each with a unique non-empty `name`."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: must be a list")
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        entry = dict(mapping(item, f"{where}[{i}]"))
+        entry["name"] = string(entry.get("name"), f"{where}[{i}].name")
+        if any(e["name"] == entry["name"] for e in out):
+            raise ValueError(f"{where}.{entry['name']}: given twice")
+        out.append(entry)
+    return out

@@ -243,7 +243,9 @@ class Tick:
                 self.emit(
                     "Normal", c.REASON_JOB_CREATED, f"created Job {work.name} for {run.label}"
                 )
-            state = c.STAGE_WAITING if placement.suspend else c.STAGE_RUNNING
+            state = (
+                c.STAGE_WAITING if placement.suspend or placement.queue_name else c.STAGE_RUNNING
+            )
         else:
             self.follow_suspend(view, placement)
             failed = count_indexes(view.failed_indexes)
@@ -261,11 +263,25 @@ class Tick:
             state = c.STAGE_RUNNING
         if placement.suspend:
             return c.SUSPENDED, c.REASON_SUSPENDED, f"{run.label} suspended", c.STAGE_WAITING
+        if placement.queue_name and (view is None or view.suspended):
+            # Created suspended for Kueue, which admits it by unsuspending it; Kueue's Workload
+            # is job-<Job name>-<hash of the Job's name and uid>.
+            message = (
+                f"{run.label}: Job {work.name} waiting for admission by Kueue queue "
+                f"{placement.queue_name} (workload job-{work.name}-*)"
+            )
+            return (
+                c.WAITING_FOR_ADMISSION,
+                c.REASON_WAITING_FOR_ADMISSION,
+                message,
+                c.STAGE_WAITING,
+            )
         message = f"{run.label} running as Job {work.name}"
         return running_phase, c.REASON_STAGE_RUNNING, message, state
 
     def follow_suspend(self, view: JobView, placement: Placement) -> None:
-        """Suspend or resume the Job as spec.suspend says (Kueue unsuspends queued Jobs)."""
+        """Suspend or resume the Job as spec.suspend says; a queued Job is only ever
+        suspended here, never resumed: Kueue admits it by unsuspending it."""
         if view.suspended == placement.suspend or (placement.queue_name and not placement.suspend):
             return
         self.cluster.set_job_suspended(self.res.namespace, view.name, placement.suspend)

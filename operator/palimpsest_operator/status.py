@@ -146,6 +146,7 @@ def conditions(
         c.COND_PROGRESSING: phase in (c.PENDING, c.FILTERING, c.REWRITING),
         c.COND_FAILED: phase == c.FAILED,
         c.COND_SUSPENDED: phase == c.SUSPENDED,
+        c.COND_WAITING_FOR_ADMISSION: phase == c.WAITING_FOR_ADMISSION,
     }
     before = {str(p.get("type")): p for p in previous}
     out = []

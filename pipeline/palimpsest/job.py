@@ -44,7 +44,7 @@ DEFAULT_RECORDS_PER_SHARD: Final = 10_000
 CLUSTER_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec": frozenset({"retries", "queueName", "suspend"}),
     "spec.storage": frozenset({"secretRef"}),
-    "spec.filter": frozenset({"image", "resources", "parallelism"}),
+    "spec.filter": frozenset({"image", "resources", "parallelism", "podTemplate"}),
     "spec.rewrite": frozenset(
         {
             "image",
@@ -55,9 +55,12 @@ CLUSTER_KEYS: Final[Mapping[str, frozenset[str]]] = {
             "nodeSelector",
             "tolerations",
             "priorityClassName",
+            "podTemplate",
         }
     ),
-    "spec.rewrite.engine": frozenset({"modelVolume", "apiKeySecretRef"}),
+    "spec.rewrite.engine": frozenset(
+        {"modelVolume", "apiKeySecretRef", "hubTokenSecretRef", "modelCacheSize"}
+    ),
 }
 """Spec keys that place pods on a cluster; the operator parses them, local runs ignore them."""
 

@@ -50,7 +50,7 @@ def test_image_is_pinned_non_root_and_lean(image: str) -> None:
     for base in re.findall(r"^FROM (\S+)", text, flags=re.M):
         assert ":" in base and not base.endswith(":latest"), base
     final = "\n".join(final_stage(image))
-    assert re.search(r"^USER 10001$", final, flags=re.M)
+    assert re.search(r"^USER \$\{RUN_AS_UID\}$", final, flags=re.M)  # test_image_fit: the uid
     assert not re.search(r"apt-get install|build-essential|gcc", final)
 
 

@@ -253,3 +253,122 @@ def test_job_names_are_dns_safe_and_carry_the_stage_id(
 
 def test_long_owner_names_stay_distinct() -> None:
     assert job_name("a" * 70 + "x", FILTER.stage_id) != job_name("a" * 70 + "y", FILTER.stage_id)
+
+
+# --- podTemplate, hub token, model cache ----------------------------------------------------
+
+TEMPLATE: dict[str, Any] = {
+    "metadata": {"labels": {"team": "ml"}, "annotations": {"k8s.v1.cni.cncf.io/networks": "rdma"}},
+    "spec": {
+        "hostNetwork": True,
+        "runtimeClassName": "nvidia",
+        "volumes": [{"name": "certs", "secret": {"secretName": "ca"}}],
+        "containers": [
+            {
+                "name": "worker",
+                "env": [
+                    {"name": "NCCL_DEBUG", "value": "INFO"},
+                    {"name": "HF_HOME", "value": "/x"},
+                ],
+                "volumeMounts": [{"name": "certs", "mountPath": "/etc/certs", "readOnly": True}],
+            },
+            {"name": "proxy", "image": "envoy:1.30"},
+        ],
+    },
+}
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+@pytest.mark.parametrize(("stage", "section"), [(FILTER, "filter"), (SGCR, "rewrite")])
+def test_pod_template_is_merged_into_the_stage_pods(stage: StageRef, section: str) -> None:
+    manifest = build((stage,), **{f"{section}__podTemplate": TEMPLATE})
+    meta = manifest["spec"]["template"]["metadata"]
+    assert meta["labels"]["team"] == "ml" and meta["labels"][c.LABEL_STAGE] == stage.kind
+    assert meta["annotations"] == {"k8s.v1.cni.cncf.io/networks": "rdma"}
+    pod = pod_of(manifest)
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["runtimeClassName"] == "nvidia"
+    assert [ct["name"] for ct in pod["containers"]] == ["worker", "proxy"]
+    worker = pod["containers"][0]
+    env = env_of(worker)
+    assert env["NCCL_DEBUG"] == "INFO" and env["HF_HOME"] == "/x"
+    assert [e["name"] for e in worker["env"]].count("HF_HOME") == 1
+    assert {"name": "certs", "mountPath": "/etc/certs", "readOnly": True} in worker["volumeMounts"]
+    names = [v["name"] for v in pod["volumes"]]
+    assert "certs" in names and "tmp" in names and "cache" in names
+    assert worker["command"] == ["palimpsest"] and pod["securityContext"]["runAsUser"] == 10001
+
+
+def test_pod_template_of_one_stage_leaves_the_other_alone() -> None:
+    pod = pod_of(build((FILTER,), rewrite__podTemplate=TEMPLATE))
+    assert "hostNetwork" not in pod and len(pod["containers"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"spec": {"containers": [{"name": "worker", "command": ["sh"]}]}}, "worker.command"),
+        ({"spec": {"containers": [{"name": "worker", "image": "evil"}]}}, "worker.image"),
+        (
+            {"spec": {"containers": [{"name": "worker", "securityContext": {"runAsUser": 0}}]}},
+            "worker.securityContext",
+        ),
+        ({"spec": {"securityContext": {"runAsUser": 0}}}, "spec.securityContext"),
+        ({"spec": {"nodeSelector": {"a": "b"}}}, "spec.nodeSelector"),
+        ({"spec": {"volumes": [{"name": "tmp", "emptyDir": {}}]}}, "spec.volumes.tmp"),
+        ({"metadata": {"labels": {c.LABEL_STAGE: "x"}}}, "metadata.labels.palimpsest.dev/stage"),
+        ({"spec": {"containers": [{"name": "side"}]}}, "containers.side.image"),
+        ({"spec": {"hostNetwork": "yes"}}, "spec.hostNetwork"),
+    ],
+)
+def test_pod_template_refuses_what_the_operator_owns(patch: dict[str, Any], field: str) -> None:
+    with pytest.raises(
+        ValueError, match=re.escape("spec.rewrite.podTemplate.") + ".*" + re.escape(field)
+    ):
+        build((SGCR,), rewrite__podTemplate=patch)
+
+
+def test_hub_token_becomes_hf_token_from_the_secret() -> None:
+    ref = {"name": "hub", "key": "token"}
+    worker = pod_of(build((SGCR,), rewrite__engine__hubTokenSecretRef=ref))["containers"][0]
+    token = env_of(worker)["HF_TOKEN"]
+    assert token == {"secretKeyRef": {"name": "hub", "key": "token", "optional": False}}
+    assert "HF_TOKEN" not in env_of(pod_of(build((SGCR,)))["containers"][0])
+    assert "HF_TOKEN" not in env_of(
+        pod_of(build((FILTER,), rewrite__engine__hubTokenSecretRef=ref))["containers"][0]
+    )
+
+
+def test_hub_cache_is_an_emptydir_of_the_configured_size_without_a_pvc() -> None:
+    def cache(pod: dict[str, Any]) -> dict[str, Any]:
+        return next(v for v in pod["volumes"] if v["name"] == "cache")
+
+    pod = pod_of(build((SGCR,)))
+    assert cache(pod)["emptyDir"]["sizeLimit"] == "100Gi"
+    worker = pod["containers"][0]
+    mount = next(m for m in worker["volumeMounts"] if m["name"] == "cache")
+    assert env_of(worker)["HF_HOME"].startswith(mount["mountPath"] + "/")
+    assert "HF_HUB_OFFLINE" not in env_of(worker)
+    sized = pod_of(build((SGCR,), rewrite__engine__modelCacheSize="300Gi"))
+    assert cache(sized)["emptyDir"]["sizeLimit"] == "300Gi"
+    assert (
+        cache(pod_of(build((FILTER,), rewrite__engine__modelCacheSize="300Gi")))["emptyDir"][
+            "sizeLimit"
+        ]
+        == "1Gi"
+    )
+    with pytest.raises(ValueError, match="modelCacheSize"):
+        build((SGCR,), rewrite__engine__modelCacheSize="lots")
+
+
+@pytest.mark.parametrize("read_only", [True, False])
+def test_model_pvc_holds_hf_home_and_a_read_only_one_is_offline(read_only: bool) -> None:
+    volume = {"claimName": "weights", "readOnly": read_only}
+    worker = pod_of(build((SGCR,), rewrite__engine__modelVolume=volume))["containers"][0]
+    env = env_of(worker)
+    assert env["HF_HOME"] == f"{c.MODELS_MOUNT}/huggingface"
+    assert [e["name"] for e in worker["env"]].count("HF_HOME") == 1
+    assert (env.get("HF_HUB_OFFLINE") == "1") is read_only

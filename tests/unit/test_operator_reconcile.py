@@ -259,6 +259,53 @@ def test_suspend_and_resume(tmp_path: Path) -> None:
     assert h.status["phase"] == c.FILTERING and not h.cluster.jobs[name].suspended
 
 
+def conditions_of(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {str(x["type"]): x for x in status["conditions"]}
+
+
+def test_queued_job_is_created_suspended_and_waits_for_kueue(tmp_path: Path) -> None:
+    h = Harness(tmp_path, queueName="gpu-queue")
+    h.tick()
+    (name,) = h.cluster.jobs
+    job = h.cluster.manifests[name]
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"][c.LABEL_KUEUE_QUEUE] == "gpu-queue"
+    for _ in range(2):  # the operator never admits it itself
+        h.tick()
+        assert h.cluster.jobs[name].suspended
+        assert h.status["phase"] == c.WAITING_FOR_ADMISSION
+    waiting = conditions_of(h.status)[c.COND_WAITING_FOR_ADMISSION]
+    assert waiting["status"] == "True" and name in waiting["message"]
+    assert f"job-{name}-" in waiting["message"] and "gpu-queue" in waiting["message"]
+    assert conditions_of(h.status)[c.COND_SUSPENDED]["status"] == "False"
+    h.cluster.set_job_suspended("team", name, False)  # Kueue admits it
+    h.tick()
+    assert h.status["phase"] == c.FILTERING
+    assert conditions_of(h.status)[c.COND_WAITING_FOR_ADMISSION]["status"] == "False"
+
+
+def test_queued_job_still_follows_spec_suspend(tmp_path: Path) -> None:
+    h = Harness(tmp_path, queueName="gpu-queue")
+    h.tick()
+    (name,) = h.cluster.jobs
+    h.cluster.set_job_suspended("team", name, False)  # admitted
+    h.manifest["spec"]["suspend"] = True
+    h.tick()
+    assert h.cluster.jobs[name].suspended and h.status["phase"] == c.SUSPENDED
+    h.manifest["spec"]["suspend"] = False
+    h.tick()  # resuming is Kueue's: the Job waits for admission again
+    assert h.cluster.jobs[name].suspended
+    assert h.status["phase"] == c.WAITING_FOR_ADMISSION
+
+
+def test_unqueued_job_is_created_running(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.tick()
+    (name,) = h.cluster.jobs
+    assert h.cluster.manifests[name]["spec"]["suspend"] is False
+    assert c.LABEL_KUEUE_QUEUE not in h.cluster.manifests[name]["metadata"]["labels"]
+
+
 def test_dry_run_plans_and_launches_nothing(tmp_path: Path) -> None:
     h = Harness(tmp_path, dryRun=True)
     result = h.tick()
