@@ -40,10 +40,11 @@ def plan_key(job: Job) -> str:
 
 
 def ensure_plan(job: Job, store: Store, previous: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-    """The plan as status keeps it: the previous one if the input and sharding are the same,
-    else a new plan written to S3 (True). Raises ValueError when the input cannot be planned."""
+    """The plan as status keeps it: the previous one if the input and sharding are the same
+    and its file is still there, else a new plan written to S3 (True). Raises ValueError when
+    the input cannot be planned."""
     key = plan_key(job)
-    if previous.get("key") == key:
+    if previous.get("key") == key and store.exists(str(previous.get("uri"))):
         return dict(previous), False
     shard_plan = make_plan(store, job.input.uri, job.sharding)
     uri = join(job.output_uri, PLANS_DIR, f"plan-{shard_plan.plan_id}.json")
@@ -99,9 +100,10 @@ def ensure_document(
     store: Store,
     written: str | None,
 ) -> tuple[JobDocument, str]:
-    """The job document and its URI; written unless status says this very URI was."""
+    """The job document and its URI; written unless status says this very URI was and it is
+    still there (workers exit 3 on a missing document)."""
     document = JobDocument(job, str(plan["id"]), str(plan["uri"]), dict(prompts))
     uri = document.uri()
-    if uri != written:
+    if uri != written or not store.exists(uri):
         write_document(store, document)
     return document, uri

@@ -137,7 +137,14 @@ def read_marker(store: Store, stage_uri: str, shard: int) -> Marker | None:
     uri = marker_uri(stage_uri, shard)
     if not store.exists(uri):
         return None
-    return Marker.from_json(store.read_bytes(uri))
+    data = store.read_bytes(uri)
+    try:
+        return Marker.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StorageError(
+            f"{uri}: not a valid shard marker ({type(exc).__name__}: {exc}); "
+            "delete it to run the shard again"
+        ) from exc
 
 
 def read_committed(store: Store, marker: Marker, kind: str = OUTPUT_KIND) -> Iterator[RawRecord]:

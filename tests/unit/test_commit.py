@@ -140,3 +140,13 @@ def test_rolled_chunks_are_all_listed_in_the_marker(tmp_path: Path) -> None:
     assert marker is not None
     assert [p.records for p in marker.parts["output"]] == [4, 4, 4]
     assert [r.record["id"] for r in read_committed(STORE, marker) if r.record] == list(range(12))
+
+
+def test_a_corrupt_marker_is_a_storage_error_naming_it(tmp_path: Path) -> None:
+    stage = str(tmp_path / "stage")
+    out, stats = attempt(stage, "a1", range(2))
+    assert out.commit(stats)
+    marker = tmp_path / "stage" / "_markers" / "shard-000003.json"
+    marker.write_text("{not json")
+    with pytest.raises(StorageError, match=str(marker)):
+        read_marker(STORE, stage, 3)

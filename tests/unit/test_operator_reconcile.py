@@ -428,3 +428,15 @@ def test_rerun_annotation_runs_every_stage_again_once(tmp_path: Path) -> None:
     assert again.endswith("-r1")
     assert not h.tick().events  # the same value acts once
     assert list(h.cluster.jobs) == [again]
+
+
+def test_a_deleted_plan_or_job_document_is_written_again(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.tick()
+    plan, document = Path(h.status["plan"]["uri"]), Path(h.status["jobDocument"])
+    body = plan.read_bytes()
+    plan.unlink()
+    document.unlink()
+    h.tick()
+    assert plan.read_bytes() == body  # the same listing gives the same plan
+    assert document.exists() and h.status["jobDocument"] == str(document)
