@@ -183,7 +183,19 @@ def argocd_health(obj: dict[str, Any]) -> dict[str, str]:
     ],
 )
 def test_argocd_health_check_reads_phase_and_conditions(status: Any, health: str) -> None:
-    obj: dict[str, Any] = {"kind": "RewriteJob"}
+    obj: dict[str, Any] = {"kind": "RewriteJob", "metadata": {"generation": 3}}
     if status is not None:
-        obj["status"] = status
+        obj["status"] = {"observedGeneration": 3, **status}
     assert argocd_health(obj)["status"] == health
+
+
+def test_argocd_health_is_progressing_until_the_operator_saw_the_edit() -> None:
+    """Right after an edit the old Succeeded must not pass for the new spec's health."""
+    obj: dict[str, Any] = {
+        "kind": "RewriteJob",
+        "metadata": {"generation": 4},
+        "status": {"phase": "Succeeded", "observedGeneration": 3},
+    }
+    assert argocd_health(obj)["status"] == "Progressing"
+    obj["status"]["observedGeneration"] = 4
+    assert argocd_health(obj)["status"] == "Healthy"
