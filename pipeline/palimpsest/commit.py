@@ -21,7 +21,7 @@ import datetime as dt
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,18 +202,27 @@ class ShardOutput:
         """Close the current parts so far (a chunk checkpoint); later records go to new parts.
 
         Returns the parts this call closed, by kind (a kind with nothing new is left out)."""
+        closed, uploads = self.roll_local()
+        for upload in uploads:
+            upload()
+        return closed
+
+    def roll_local(self) -> tuple[dict[str, list[Part]], list[Callable[[], None]]]:
+        """`roll` without storage I/O: the closed parts, and the uploads still to run (in
+        order, e.g. on a thread) before anything may list the parts."""
         closed: dict[str, list[Part]] = {}
+        uploads: list[Callable[[], None]] = []
         for kind, writers in self._writers.items():
             if writers and writers[-1].count:
                 writer = writers[-1]
-                size = writer.close()
-                part = Part(writer.uri, writer.count, size)
+                part = Part(writer.uri, writer.count, writer.finish())
+                uploads.append(writer.upload)
                 self._parts[kind].append(part)
                 closed[kind] = [part]
                 writers.append(
                     RecordWriter(self.store, self.part_uri(kind, len(self._parts[kind])))
                 )
-        return closed
+        return closed, uploads
 
     def _close_all(self) -> None:
         for kind, writers in self._writers.items():

@@ -390,16 +390,24 @@ class RecordWriter:
 
     def close(self) -> int:
         """Finish the file and upload it; returns its size in bytes."""
+        size = self.finish()
+        self.upload()
+        return size
+
+    def finish(self) -> int:
+        """Finish the local file (no storage I/O); returns its size in bytes."""
         if self._stream is not None:
             self._stream.close()
         else:
             self._flush_parquet()
             if self._parquet_writer is not None:
                 self._parquet_writer.close()
-        size = self._path.stat().st_size
+        return self._path.stat().st_size
+
+    def upload(self) -> None:
+        """Upload the finished file to its URI and remove the local copy."""
         self._store.upload_file(self._path, self.uri)
         self._path.unlink()
-        return size
 
     def discard(self) -> None:
         if self._stream is not None:

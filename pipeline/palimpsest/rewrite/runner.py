@@ -13,6 +13,9 @@ Why it is shaped this way:
 - Progress is checkpointed in chunks (see `checkpoint`); a new attempt takes the earlier
   attempts' chunks and skips the records they hold, stage by stage. A stage is checkpointed
   only after the stages before it, so every key a later stage holds is also held upstream.
+- Storage writes (part uploads, checkpoints, markers) run on threads, one stage-shard's in
+  order, so a slow S3 call never stalls the loop that keeps the engine fed; the bookkeeping
+  they depend on (which parts, which keys) is done on the loop before they start.
 - A bad answer, an over-long prompt or a truncated answer is a counted reject; an
   `EngineDeadError` cancels everything and propagates (the worker exits non-zero and the
   Job retries the index, which resumes from the checkpoints).
@@ -134,6 +137,8 @@ class _StageShard:
         self.closed = False  # no more records will be admitted
         self.committed = False
         self.aborted = False  # this attempt gave the shard up: nothing more is written
+        self.committing = False  # the commit is under way (its writes run on a thread)
+        self.io = asyncio.Lock()  # this stage-shard's storage writes, in order
 
     @property
     def unsaved(self) -> int:
@@ -157,32 +162,42 @@ class _StageShard:
             self.out.write_reject(record)
             self.chunk_keys[REJECTS_KIND].append(key)
 
-    def checkpoint(self, engine_share: tuple[float, float]) -> None:
-        """Close the chunk's parts and record them in an immutable checkpoint object."""
+    def checkpoint(self, engine_share: tuple[float, float]) -> Callable[[], None] | None:
+        """Close the chunk's parts and describe them in an immutable checkpoint object; no
+        storage I/O here: returns what uploads the parts and then writes the checkpoint (to
+        run off the event loop, in order with the stage's other writes)."""
         if self.aborted:
-            return
+            return None
         self.chunk.seconds += engine_share[0]
         self.chunk.engine_seconds += engine_share[1]
-        parts = self.out.roll()
+        parts, uploads = self.out.roll_local()
         keys = {kind: [self.chunk_keys[kind]] for kind in parts}
-        write_checkpoint(
-            self.store,
-            self.stage_uri,
-            Checkpoint(
-                self.plan.ref.stage_id,
-                self.shard,
-                self.out.attempt,
-                self.seq,
-                parts,
-                keys,
-                self.chunk,
-            ),
+        checkpoint = Checkpoint(
+            self.plan.ref.stage_id,
+            self.shard,
+            self.out.attempt,
+            self.seq,
+            parts,
+            keys,
+            self.chunk,
         )
         self.seq += 1
         self.saved.merge(self.chunk)
         self.chunk = Stats()
         self.chunk_keys = {OUTPUT_KIND: [], REJECTS_KIND: []}
         self.last_checkpoint = time.monotonic()
+
+        def save() -> None:
+            for upload in uploads:
+                upload()
+            write_checkpoint(self.store, self.stage_uri, checkpoint)
+
+        return save
+
+    async def write(self, action: Callable[[], Any]) -> Any:
+        """Run a storage action on a thread, one at a time per stage-shard, in call order."""
+        async with self.io:
+            return await asyncio.to_thread(action)
 
     def commit(self, engine_share: tuple[float, float], gpus: int) -> tuple[bool, Stats]:
         stats = Stats()
@@ -262,7 +277,7 @@ class RewriteRunner:
         head = states[first]
         assert head is not None
         head.closed = True
-        self._maybe_commit(states, first)
+        await self._maybe_commit(states, first)
 
     def _open_shard(self, shard: int) -> list[_StageShard | None]:
         """One state per stage, None for stages already committed (in order: a committed
@@ -355,7 +370,7 @@ class RewriteRunner:
                     assert after is not None
                     after.pending += 1
                 state.pending -= 1
-                self._after_record(states, s)
+                await self._after_record(states, s)
                 if kept is None:
                     return
                 raw = RawRecord(raw.source, raw.position, kept)
@@ -384,7 +399,7 @@ class RewriteRunner:
 
     # -- checkpoints and commits -----------------------------------------------------------
 
-    def _after_record(self, states: list[_StageShard | None], s: int) -> None:
+    async def _after_record(self, states: list[_StageShard | None], s: int) -> None:
         state = states[s]
         assert state is not None
         due = state.unsaved >= self.settings.checkpoint_records or (
@@ -393,15 +408,23 @@ class RewriteRunner:
         )
         if due and not (state.closed and state.pending == 0):  # else it commits right away
             for upstream in states[: s + 1]:
-                if upstream is not None and not upstream.committed and upstream.unsaved:
-                    upstream.checkpoint(self._share())
-        self._maybe_commit(states, s)
+                if upstream is None or upstream.committed or upstream.committing:
+                    continue
+                if upstream.unsaved:
+                    save = upstream.checkpoint(self._share())
+                    if save is not None:
+                        await upstream.write(save)
+        await self._maybe_commit(states, s)
 
-    def _maybe_commit(self, states: list[_StageShard | None], s: int) -> None:
+    async def _maybe_commit(self, states: list[_StageShard | None], s: int) -> None:
         state = states[s]
-        if state is None or state.committed or state.aborted or not state.closed or state.pending:
+        if state is None or state.committed or state.committing or state.aborted:
             return
-        won, stats = state.commit(self._share(), self.engine.gpus)
+        if not state.closed or state.pending:
+            return
+        state.committing = True
+        share, gpus = self._share(), self.engine.gpus
+        won, stats = await state.write(lambda: state.commit(share, gpus))
         kind = state.plan.ref.kind
         report = StageReport(state.plan.ref.stage_id, won, not won, stats.to_dict())
         self.reports.setdefault(state.shard, {})[kind] = report
@@ -417,7 +440,8 @@ class RewriteRunner:
         if not won:
             downstream = [x for x in states[s + 1 :] if x is not None]
             for later in downstream:
-                later.abort()
+                later.aborted = True  # no record finishing from now on leaves anything
+                await later.write(later.abort)
             if downstream:
                 raise LostCommitError(
                     f"shard {state.shard} {kind}: another attempt committed first; retry"
@@ -427,7 +451,7 @@ class RewriteRunner:
             after = states[s + 1]
             assert after is not None
             after.closed = True
-            self._maybe_commit(states, s + 1)
+            await self._maybe_commit(states, s + 1)
 
     def _share(self) -> tuple[float, float]:
         """Wall and engine seconds since the last checkpoint or commit, charged to it, so the
