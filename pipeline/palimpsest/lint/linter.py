@@ -7,8 +7,9 @@ checkers. `SampleLinter` builds them once and re-runs them per sample, which is 
 - the options come from an empty rcfile, so no pylintrc or pyproject in the working or home
   directory changes a score;
 - pylint's counters are replaced per sample and its checkers re-open per run, so no message
-  crosses samples (duplicate-code, cyclic-import), and the sample's module leaves the astroid
-  cache afterwards.
+  crosses samples (duplicate-code, cyclic-import), and after each sample every module outside
+  the standard library (the sample's own included) leaves astroid's caches, so a score does
+  not depend on which samples the worker linted before.
 A MemoryError raised while linting (a worker's address-space cap) leaves `lint` as a
 MemoryError instead of becoming a pylint `fatal` message and a score.
 Pylint only parses the sample; the code is never imported or run.
@@ -141,6 +142,23 @@ def count_statements(module: Any) -> int:
     return count
 
 
+def forget_non_stdlib_modules(manager: Any) -> None:
+    """Drop from astroid's caches every module outside the standard library (and every failed
+    or found import lookup for one), keeping the stdlib modules that make a warm linter fast.
+
+    A sample can import a module that is neither stdlib nor its own (the CPython tests import
+    `test.test_importlib.util`); what astroid built for it while linting one sample would
+    otherwise change how a later sample importing it is inferred, and so its score."""
+    from astroid.modutils import is_stdlib_module
+
+    cache = manager.astroid_cache
+    for name in [name for name in cache if not is_stdlib_module(name)]:
+        del cache[name]
+    lookups = manager._mod_file_cache
+    for key in [key for key in lookups if not is_stdlib_module(key[0])]:
+        del lookups[key]
+
+
 class SampleLinter:
     """A pylint instance reused across samples; one per worker process."""
 
@@ -221,5 +239,5 @@ class SampleLinter:
             )
         finally:
             sys.path[:] = saved_path
-            MANAGER.astroid_cache.pop(modname, None)
+            forget_non_stdlib_modules(MANAGER)
             path.unlink(missing_ok=True)
