@@ -143,8 +143,9 @@ def count_statements(module: Any) -> int:
 
 
 def forget_non_stdlib_modules(manager: Any) -> None:
-    """Drop from astroid's caches every module outside the standard library (and every failed
-    or found import lookup for one), keeping the stdlib modules that make a warm linter fast.
+    """Drop from astroid's module cache every module outside the standard library, keeping the
+    stdlib modules that make a warm linter fast. The unnamed entry ('') stays: dropping it
+    changes how later samples' relative imports resolve (and broke parity with a fresh run).
 
     A sample can import a module that is neither stdlib nor its own (the CPython tests import
     `test.test_importlib.util`); what astroid built for it while linting one sample would
@@ -152,11 +153,8 @@ def forget_non_stdlib_modules(manager: Any) -> None:
     from astroid.modutils import is_stdlib_module
 
     cache = manager.astroid_cache
-    for name in [name for name in cache if not is_stdlib_module(name)]:
+    for name in [name for name in cache if name and not is_stdlib_module(name)]:
         del cache[name]
-    lookups = manager._mod_file_cache
-    for key in [key for key in lookups if not is_stdlib_module(key[0])]:
-        del lookups[key]
 
 
 class SampleLinter:
