@@ -63,7 +63,7 @@ def run_ours(samples: list[str], workers: int, exact: bool) -> tuple[list[dict[s
     results: list[dict[str, Any]] = []
     items = [RawRecord("bench", i, {"id": i, "text": code}) for i, code in enumerate(samples)]
     started = time.monotonic()
-    with LintPool(workers, settings.time_limit) as pool:
+    with LintPool(workers, settings.time_limit, memory_limit=settings.memory_limit) as pool:
         CodeFilter(settings, pool, Fields(), workers).run(
             items, results.append, results.append, Stats()
         )

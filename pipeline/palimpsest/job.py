@@ -74,7 +74,7 @@ JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec.storage": frozenset({"endpoint", "region"}),
     "spec.sharding": frozenset({"recordsPerShard"}),
     "spec.filter": frozenset({"minScore", "timeLimitSeconds", "workers", "exactScores"})
-    | {"repetition"},
+    | {"repetition", "memoryLimitMiB", "maxRecordBytes"},
     "spec.rewrite": frozenset({"engine", "sampling", "language"}),
 }
 """Spec keys this parser reads, per section (engine and sampling keys: ENGINE_KEYS and
@@ -238,6 +238,16 @@ def _filter(data: Mapping[str, Any]) -> FilterSettings:
         exact_scores=boolean(data.get("exactScores", False), "spec.filter.exactScores"),
         repetition=boolean(data.get("repetition", False), "spec.filter.repetition"),
         workers=None if workers is None else integer(workers, "spec.filter.workers", minimum=1),
+        memory_limit_mb=integer(
+            data.get("memoryLimitMiB", defaults.memory_limit_mb),
+            "spec.filter.memoryLimitMiB",
+            minimum=1,
+        ),
+        max_record_bytes=integer(
+            data.get("maxRecordBytes", defaults.max_record_bytes),
+            "spec.filter.maxRecordBytes",
+            minimum=1,
+        ),
     )
 
 

@@ -56,7 +56,13 @@ def test_defaults() -> None:
 def test_settings_have_the_pipeline_types() -> None:
     job = parse_job(
         manifest(
-            filter={"minScore": 8, "timeLimitSeconds": 5, "exactScores": True},
+            filter={
+                "minScore": 8,
+                "timeLimitSeconds": 5,
+                "exactScores": True,
+                "memoryLimitMiB": 512,
+                "maxRecordBytes": 1000,
+            },
             input={"uri": "s3://bucket/in", "textField": "content", "idField": "key"},
             rewrite={
                 "engine": {"type": "openai", "model": "m", "baseURL": "http://llm/v1"},
@@ -66,6 +72,8 @@ def test_settings_have_the_pipeline_types() -> None:
     )
     assert isinstance(job.filter.min_score, float) and job.filter.min_score == 8.0
     assert job.filter.exact_scores
+    assert job.filter.memory_limit == 512 * 1024 * 1024
+    assert job.filter.max_record_bytes == 1000
     assert job.input.fields.text == "content" and job.input.fields.id == "key"
     assert job.engine.base_url == "http://llm/v1"
     assert job.engine.sampling.as_dict() == {
@@ -140,6 +148,8 @@ def test_translate_needs_a_language_whichever_way_the_job_is_built() -> None:
         ({"filter": {"minScore": "high"}}, "spec.filter.minScore"),
         ({"filter": {"minScor": 7}}, "spec.filter.minScor"),
         ({"filter": {"timeLimitSeconds": 0}}, "spec.filter.timeLimitSeconds"),
+        ({"filter": {"memoryLimitMiB": 0}}, "spec.filter.memoryLimitMiB"),
+        ({"filter": {"maxRecordBytes": "big"}}, "spec.filter.maxRecordBytes"),
         ({"rewrite": None}, "spec.rewrite.engine"),
         ({"rewrite": {"engine": {"type": "tgi", "model": "m"}}}, "spec.rewrite.engine.type"),
         ({"rewrite": {"engine": {"type": "openai", "model": "m"}}}, "spec.rewrite.engine.baseURL"),

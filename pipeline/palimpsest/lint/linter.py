@@ -7,8 +7,11 @@ checkers. `SampleLinter` builds them once and re-runs them per sample, which is 
 - the options come from an empty rcfile, so no pylintrc or pyproject in the working or home
   directory changes a score;
 - pylint's counters are replaced per sample and its checkers re-open per run, so no message
-  crosses samples (duplicate-code, cyclic-import), and the sample's module leaves the astroid
-  cache afterwards.
+  crosses samples (duplicate-code, cyclic-import), and after each sample every module outside
+  the standard library (the sample's own included) leaves astroid's caches, so a score does
+  not depend on which samples the worker linted before.
+A MemoryError raised while linting (a worker's address-space cap) leaves `lint` as a
+MemoryError instead of becoming a pylint `fatal` message and a score.
 Pylint only parses the sample; the code is never imported or run.
 
 With a threshold, linting stops as soon as the messages seen so far push the best reachable
@@ -46,6 +49,39 @@ class LintResult:
 
 class _Hopeless(BaseException):
     """Raised through pylint (which catches Exception) to stop linting a sample early."""
+
+
+class _OutOfMemory(BaseException):
+    """Carries a MemoryError through pylint, which would turn it into a `fatal` message and a
+    score; `lint` raises it again as MemoryError."""
+
+
+def _memory_error_in(exc: BaseException) -> MemoryError | None:
+    """The MemoryError behind `exc`, if any (pylint's `safe_infer` re-raises every error as an
+    AstroidError caused by it)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MemoryError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _passing_memory_errors(lint_file: Any) -> Any:
+    """Wrap pylint's per-file linting so a MemoryError escapes its catch-all handler."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return lint_file(*args, **kwargs)
+        except Exception as exc:
+            memory_error = _memory_error_in(exc)
+            if memory_error is None:
+                raise
+            raise _OutOfMemory from memory_error
+
+    return wrapped
 
 
 def _make_reporter(base: type[Any]) -> type[Any]:
@@ -106,6 +142,21 @@ def count_statements(module: Any) -> int:
     return count
 
 
+def forget_non_stdlib_modules(manager: Any) -> None:
+    """Drop from astroid's module cache every module outside the standard library, keeping the
+    stdlib modules that make a warm linter fast. The unnamed entry ('') stays: dropping it
+    changes how later samples' relative imports resolve (and broke parity with a fresh run).
+
+    A sample can import a module that is neither stdlib nor its own (the CPython tests import
+    `test.test_importlib.util`); what astroid built for it while linting one sample would
+    otherwise change how a later sample importing it is inferred, and so its score."""
+    from astroid.modutils import is_stdlib_module
+
+    cache = manager.astroid_cache
+    for name in [name for name in cache if name and not is_stdlib_module(name)]:
+        del cache[name]
+
+
 class SampleLinter:
     """A pylint instance reused across samples; one per worker process."""
 
@@ -126,6 +177,9 @@ class SampleLinter:
         )
         warmup.unlink()
         self._linter = run.linter
+        self._linter._lint_file = _passing_memory_errors(  # type: ignore[method-assign]
+            self._linter._lint_file
+        )
         # Checkers reset most per-module state when a module is left; a stopped walk never
         # leaves it, so their state as of a finished run is kept to restore after a stop.
         self._pristine = [
@@ -171,6 +225,9 @@ class SampleLinter:
                 self._restore_checkers()
                 rating = printed_rating(self._reporter.points, statements, self._reporter.fatal)
                 return LintResult(rating, statements, stopped_early=True)
+            except _OutOfMemory as exc:
+                self._restore_checkers()
+                raise MemoryError("out of memory while linting") from exc.__cause__
             stats = self._linter.stats
             if stats.statement == 0:
                 return LintResult(None, 0)
@@ -180,5 +237,5 @@ class SampleLinter:
             )
         finally:
             sys.path[:] = saved_path
-            MANAGER.astroid_cache.pop(modname, None)
+            forget_non_stdlib_modules(MANAGER)
             path.unlink(missing_ok=True)

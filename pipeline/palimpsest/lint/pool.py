@@ -6,6 +6,16 @@ outlives its time limit, the supervisor kills that worker, reports the sample as
 and starts a fresh worker. A worker that dies reports its sample as a crash. Workers retire
 themselves after a number of samples or above a memory ceiling, which bounds memory however
 long the shard is.
+
+One small sample can still make astroid's inference allocate gigabytes (`A = [0] * 99_999_999`
+then unpacking `A`), faster than a ceiling checked between samples can help. So each worker
+also caps its own address space a fixed amount above what it holds once warmed up: the sample
+then fails with MemoryError inside the worker (or the worker dies), the sample is rejected as
+`pylint_memory` and a fresh worker takes its place.
+
+Each worker writes its samples under its own directory in the pool's temp root; the
+supervisor removes that directory whenever the worker ends, killed or not, so no sample file
+outlives its worker.
 """
 
 from __future__ import annotations
@@ -14,6 +24,10 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import resource
+import shutil
+import signal
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -31,6 +45,8 @@ DEFAULT_MAX_TASKS_PER_WORKER = 20_000
 DEFAULT_MAX_WORKER_RSS = 1536 * 1024 * 1024
 # Seconds a single sample may take before its worker is killed (the sample is rejected).
 DEFAULT_TIME_LIMIT = 60.0
+# Address space (bytes) a worker may add to what it holds once warmed up; None: no cap.
+DEFAULT_MEMORY_LIMIT = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,31 +73,64 @@ def _rss_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
 
 
-def _worker_main(conn: Connection, workdir: str | None, max_tasks: int, max_rss: int) -> None:
+def _vms_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().vms)
+
+
+def limit_address_space(extra: int) -> int:
+    """Cap this process's address space at its current size plus `extra` bytes; returns the
+    soft limit in force. Only ever lowers the limit: a tighter existing one is kept."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    target = _vms_bytes() + extra
+    if hard != resource.RLIM_INFINITY:
+        target = min(target, hard)
+    if soft == resource.RLIM_INFINITY or target < soft:
+        resource.setrlimit(resource.RLIMIT_AS, (target, hard))
+        return target
+    return soft
+
+
+def _worker_main(
+    conn: Connection, workdir: str, max_tasks: int, max_rss: int, memory_limit: int | None
+) -> None:
     from palimpsest.lint.linter import SampleLinter
 
-    linter = SampleLinter(Path(workdir) if workdir else None)
+    linter = SampleLinter(Path(workdir))
+    if memory_limit is not None:
+        limit_address_space(memory_limit)
     conn.send(("ready",))
     for done in range(1, max_tasks + 1):
         task = conn.recv()
         if task is None:
             return
+        exhausted = False
         try:
             result: Any = linter.lint(task.source, task.min_score, task.ratio)
             reply: tuple[Any, ...] = ("ok", task.key, result)
-        except (Exception, RecursionError, MemoryError) as exc:
+        except MemoryError:
+            # A worker that ran out of memory may hold half-built state: it retires.
+            exhausted = True
+            reply = ("memory", task.key, "MemoryError: address-space limit reached")
+        except (Exception, RecursionError) as exc:
             reply = ("error", task.key, f"{type(exc).__name__}: {str(exc)[:200]}")
-        retire = done >= max_tasks or _rss_bytes() > max_rss
+        retire = exhausted or done >= max_tasks or _rss_bytes() > max_rss
         conn.send((*reply, retire))
         if retire:
             return
 
 
 class _Worker:
-    def __init__(self, ctx: Any, workdir: str | None, max_tasks: int, max_rss: int) -> None:
+    def __init__(
+        self, ctx: Any, root: str, max_tasks: int, max_rss: int, memory_limit: int | None
+    ) -> None:
+        self.workdir = tempfile.mkdtemp(prefix="worker-", dir=root)
         self.conn, child = ctx.Pipe()
         self.process: BaseProcess = ctx.Process(
-            target=_worker_main, args=(child, workdir, max_tasks, max_rss), daemon=True
+            target=_worker_main,
+            args=(child, self.workdir, max_tasks, max_rss, memory_limit),
+            daemon=True,
         )
         self.process.start()
         child.close()
@@ -94,10 +143,17 @@ class _Worker:
             self.process.kill()
         self.process.join()
         self.conn.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class LintPool:
-    """Lints submitted tasks on `workers` processes; `collect` returns finished outcomes."""
+    """Lints submitted tasks on `workers` processes; `collect` returns finished outcomes.
+
+    `memory_limit`: bytes of address space each worker may add to its warmed-up size (None:
+    no cap). `workdir`: the temp root for the workers' sample files (default: a fresh
+    directory in the system temp dir, removed on close); it holds nothing once the pool is
+    closed.
+    """
 
     def __init__(
         self,
@@ -106,14 +162,19 @@ class LintPool:
         max_tasks_per_worker: int = DEFAULT_MAX_TASKS_PER_WORKER,
         max_worker_rss: int = DEFAULT_MAX_WORKER_RSS,
         workdir: Path | None = None,
+        memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if time_limit <= 0:
             raise ValueError(f"time limit must be > 0 seconds, got {time_limit}")
+        if memory_limit is not None and memory_limit <= 0:
+            raise ValueError(f"memory limit must be > 0 bytes, got {memory_limit}")
         self._ctx = multiprocessing.get_context("fork")
         self._time_limit = time_limit
-        self._args = (str(workdir) if workdir else None, max_tasks_per_worker, max_worker_rss)
+        self._own_root = workdir is None
+        self.temp_root = Path(workdir or tempfile.mkdtemp(prefix="palimpsest-lint-"))
+        self._args = (str(self.temp_root), max_tasks_per_worker, max_worker_rss, memory_limit)
         self._workers = [self._spawn() for _ in range(workers)]
         self._backlog: deque[LintTask] = deque()
         self._done: list[LintOutcome] = []
@@ -157,8 +218,13 @@ class LintPool:
         try:
             message = worker.conn.recv()
         except (EOFError, OSError):
-            code = worker.process.exitcode if not worker.process.is_alive() else None
-            self._fail(worker, "pylint_crash", f"linter process exited with code {code}")
+            worker.process.join(timeout=1)
+            code = worker.process.exitcode
+            if code == -signal.SIGKILL:
+                # What the kernel's out-of-memory killer does; nothing else here sends SIGKILL.
+                self._fail(worker, "pylint_memory", "linter process was killed (out of memory)")
+            else:
+                self._fail(worker, "pylint_crash", f"linter process exited with code {code}")
             return
         if message[0] == "ready":
             worker.ready = True
@@ -166,6 +232,8 @@ class LintPool:
         kind, key, payload, retire = message
         if kind == "ok":
             self._done.append(LintOutcome(key, payload))
+        elif kind == "memory":
+            self._done.append(LintOutcome(key, None, "pylint_memory", payload))
         else:
             self._done.append(LintOutcome(key, None, "pylint_error", payload))
         worker.task = None
@@ -207,6 +275,8 @@ class LintPool:
                     worker.conn.send(None)
             worker.process.join(timeout=2)
             worker.kill()
+        if self._own_root:
+            shutil.rmtree(self.temp_root, ignore_errors=True)
 
     def __enter__(self) -> LintPool:
         return self

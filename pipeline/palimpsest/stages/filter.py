@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from palimpsest.lint.pool import (
+    DEFAULT_MEMORY_LIMIT,
     DEFAULT_TIME_LIMIT,
     LintOutcome,
     LintPool,
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 # Records in flight per linter process; enough to keep every process busy, small enough that
 # a shard's memory does not grow with its length.
 WINDOW_PER_WORKER = 8
+# Largest sample text (UTF-8 bytes) the filter lints; larger ones are `record_too_large`.
+DEFAULT_MAX_RECORD_BYTES = 10_000_000
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,14 @@ class FilterSettings:
     clean-up rule for outputs, applied to inputs)."""
     workers: int | None = None
     """Linter processes per pod or run; None: one per CPU the process may use."""
+    memory_limit_mb: int | None = DEFAULT_MEMORY_LIMIT // MIB
+    """MiB of address space each linter process may add to its warmed-up size (its baseline,
+    ~100-400 MiB). A sample that needs more is rejected as `pylint_memory` and the process
+    replaced; a few dozen bytes of code can make astroid's inference allocate gigabytes.
+    None: no cap (a limit already set on the process still applies; it is never raised)."""
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    """Samples whose text is larger than this (UTF-8 bytes) are rejected as
+    `record_too_large` before compiling or linting."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_score <= 10.0:
@@ -60,16 +72,32 @@ class FilterSettings:
             raise ValueError(f"spec.filter.timeLimitSeconds: must be > 0, got {self.time_limit}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"spec.filter.workers: must be >= 1, got {self.workers}")
+        if self.memory_limit_mb is not None and self.memory_limit_mb < 1:
+            raise ValueError(
+                f"spec.filter.memoryLimitMiB: must be >= 1, got {self.memory_limit_mb}"
+            )
+        if self.max_record_bytes < 1:
+            raise ValueError(
+                f"spec.filter.maxRecordBytes: must be >= 1, got {self.max_record_bytes}"
+            )
+
+    @property
+    def memory_limit(self) -> int | None:
+        """`memory_limit_mb` in bytes, as `LintPool` takes it."""
+        return None if self.memory_limit_mb is None else self.memory_limit_mb * MIB
 
     def identity(self) -> dict[str, Any]:
         """The settings that decide the stage's output, for its stage id. The number of workers
-        does not; the time limit does (it decides which slow samples are rejected), and so does
-        `exact_scores` (it decides whether rejects carry a score or a bound)."""
+        does not; the time limit does (it decides which slow samples are rejected), and so do
+        the memory and size limits, and `exact_scores` (it decides whether rejects carry a
+        score or a bound)."""
         return {
             "min_score": self.min_score,
             "time_limit": self.time_limit,
             "exact_scores": self.exact_scores,
             "repetition": self.repetition,
+            "memory_limit_mb": self.memory_limit_mb,
+            "max_record_bytes": self.max_record_bytes,
         }
 
 
@@ -92,6 +120,15 @@ def syntax_problem(code: str) -> tuple[str, str] | None:
     return None
 
 
+def utf8_size_exceeds(text: str, limit: int) -> bool:
+    """True when `text` is more than `limit` bytes in UTF-8 (encodes only when it must)."""
+    if len(text) > limit:
+        return True
+    if 4 * len(text) <= limit:
+        return False
+    return len(text.encode("utf-8", "surrogatepass")) > limit
+
+
 def _bad_item(raw: RawRecord) -> Record:
     return {"source": raw.source, "position": raw.position, "raw": raw.raw}
 
@@ -110,7 +147,7 @@ def open_filter(job: Job, cpus: int | None = None) -> Iterator[CodeFilter]:
     `cpus`: the CPUs this process may use, the number of linters when the spec sets none."""
     settings = job.filter
     workers = settings.workers or cpus or default_workers()
-    with LintPool(workers, settings.time_limit) as pool:
+    with LintPool(workers, settings.time_limit, memory_limit=settings.memory_limit) as pool:
         yield CodeFilter(settings, pool, job.input.fields, workers)
 
 
@@ -186,6 +223,9 @@ class CodeFilter:
         text = record[name]
         if not isinstance(text, str):
             return "text_not_string", {**record, DETAIL_FIELD: f"{name!r} is {type(text).__name__}"}
+        if utf8_size_exceeds(text, self.settings.max_record_bytes):
+            limit = self.settings.max_record_bytes
+            return "record_too_large", {**record, DETAIL_FIELD: f"text over {limit} bytes"}
         if not text.strip():
             return "empty_text", record
         problem = syntax_problem(text)
