@@ -88,10 +88,10 @@ def test_worker_on_vllm(vllm_python: Path, tiny_model: Path, tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-5000:]
 
     store = LocalStore()
-    (stage_dir,) = Path(output).iterdir()
+    stage_dir = local.refs[0].uri(output)
     ids, prompt, generated, requests = [], 0, 0, 0
     for shard in (0, 1):
-        marker = read_marker(store, str(stage_dir), shard)
+        marker = read_marker(store, stage_dir, shard)
         assert marker is not None
         assert marker.stats.requests == marker.stats.records_in  # one request per record
         for kind in ("output", REJECTS_KIND):
@@ -105,7 +105,7 @@ def test_worker_on_vllm(vllm_python: Path, tiny_model: Path, tmp_path: Path) -> 
                     assert raw.record["reject_reason"] == "prompt_too_long"
         requests += marker.stats.requests
         assert marker.stats.engine_seconds > 0
-    totals = [read_marker(store, str(stage_dir), s) for s in (0, 1)]
+    totals = [read_marker(store, stage_dir, s) for s in (0, 1)]
     assert sorted(ids) == sorted([f"m{i}" for i in range(RECORDS)] + ["too-long"])
     assert sum(m.stats.prompt_tokens for m in totals if m) == prompt
     assert sum(m.stats.generated_tokens for m in totals if m) == generated

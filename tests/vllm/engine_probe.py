@@ -18,7 +18,6 @@ import asyncio
 import json
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +90,12 @@ def expected_counts(model_dir: Path) -> dict[str, Any]:
     }
 
 
+def version_of_vllm() -> str:
+    import vllm
+
+    return str(vllm.__version__)
+
+
 async def probe(model_dir: Path, model: str, no_system_model: Path | None) -> dict[str, Any]:
     report: dict[str, Any] = expected_counts(model_dir)
     settings = EngineSettings(
@@ -108,7 +113,7 @@ async def probe(model_dir: Path, model: str, no_system_model: Path | None) -> di
         report["load_seconds"] = engine.load_seconds
         report["prompt_budget"] = engine.prompt_budget
         report["gpus"] = engine.gpus
-        report["vllm_version"] = metadata.version("vllm")
+        report["vllm_version"] = version_of_vllm()
         report["tool_problems"] = check_tools(("vllm",))
 
         requests = [GenerationRequest(f"r{i}", messages(t)) for i, t in enumerate(TEXTS)]
