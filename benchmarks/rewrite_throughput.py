@@ -158,7 +158,7 @@ async def our_stage(
         )
         document = JobDocument(job, plan.plan_id, "", job_prompts(job))
         plans = llm_plans(document, ("math",))
-        inputs = shard_inputs(store, plan, output, None)
+        inputs = shard_inputs(store, plan, output, None, job.input.id_field)
         runner = RewriteRunner(engine, store, output, plans, inputs)
         begun = time.monotonic()
         await runner.run(range(len(plan.shards)))
