@@ -21,6 +21,7 @@ from palimpsest.engines import (
 )
 from palimpsest.job import InputSpec, Job, RewriteSettings
 from palimpsest.recordfields import KEY_FIELD
+from palimpsest.recordkeys import assign_keys
 from palimpsest.records import RawRecord
 from palimpsest.rewrite.checkpoint import Checkpoint, load_checkpoints, resume
 from palimpsest.rewrite.runner import LostCommitError, RewriteRunner, RunnerSettings, StagePlan
@@ -207,7 +208,7 @@ def test_hostile_ids_resume_without_duplicates_or_losses(tmp_path: Path) -> None
             LocalStore(),
             output,
             plans(),
-            hostile,
+            lambda shard: assign_keys(hostile(shard), "id"),
             settings=RunnerSettings(checkpoint_records=1),
         )
         try:

@@ -36,7 +36,7 @@ from typing import Any
 from palimpsest.commit import OUTPUT_KIND, REJECTS_KIND, ShardOutput, read_committed, read_marker
 from palimpsest.engines.base import Engine, EngineDeadError, GenerationResult
 from palimpsest.identity import StageRef
-from palimpsest.recordkeys import assign_keys, record_key
+from palimpsest.recordkeys import record_key
 from palimpsest.records import RawRecord, Record
 from palimpsest.rewrite.checkpoint import (
     Checkpoint,
@@ -53,7 +53,8 @@ from palimpsest.storage import Store
 log = logging.getLogger(__name__)
 
 InputFn = Callable[[int], Iterable[RawRecord]]
-"""A shard index -> the records the first stage reads for that shard."""
+"""A shard index -> the records the first stage reads for that shard, keyed (see
+`recordkeys.assign_keys`; `stagerun.shard_inputs` gives such a function)."""
 
 
 @dataclass(frozen=True)
@@ -304,8 +305,8 @@ class RewriteRunner:
         return states
 
     def _source(self, shard: int, first: int) -> Iterable[RawRecord]:
-        if first == 0:  # keys are assigned from the raw shard (again: assigning is idempotent)
-            return assign_keys(self.inputs(shard), self.id_field)
+        if first == 0:
+            return self.inputs(shard)
         previous = self.stages[first - 1].ref
         marker = read_marker(self.store, previous.uri(self.output_uri), shard)
         if marker is None:
