@@ -28,7 +28,7 @@ from typing import Any
 from palimpsest.names import PROBE_DIR
 from palimpsest.records import RawRecord, Record, RecordWriter, read_jsonl, read_parquet
 from palimpsest.stats import Stats
-from palimpsest.storage import StorageError, Store, join
+from palimpsest.storage import StorageError, Store, create_object, join
 
 MARKERS = "_markers"
 PART_FORMAT = "jsonl.zst"
@@ -109,35 +109,20 @@ def check_conditional_put(store: Store, output_uri: str) -> None:
 
 def publish_marker(store: Store, marker: Marker, stage_uri: str) -> Marker:
     """Create the shard's marker unless one exists; returns the marker that holds the shard
-    now (ours, or the winner's). An ambiguous outcome is settled by reading it back; when no
-    marker can be read, the StorageError is raised and nothing is assumed (retry later)."""
+    now (ours, or the winner's). Ambiguous outcomes are settled by `storage.create_object`."""
     uri = marker_uri(stage_uri, marker.shard)
-    try:
-        if store.put_bytes(uri, marker.to_json(), if_absent=True):
-            return marker
-    except StorageError:
-        existing = _read_back(store, stage_uri, marker.shard)
-        if existing is None:
-            raise
-        return existing
-    existing = _read_back(store, stage_uri, marker.shard)
-    if existing is None:
-        raise StorageError(f"{uri}: the conditional put was refused but no marker is there")
-    return existing
-
-
-def _read_back(store: Store, stage_uri: str, shard: int) -> Marker | None:
-    try:
-        return read_marker(store, stage_uri, shard)
-    except (StorageError, ValueError, KeyError):
-        return None
+    other = create_object(store, uri, marker.to_json())
+    return marker if other is None else _parse_marker(uri, other)
 
 
 def read_marker(store: Store, stage_uri: str, shard: int) -> Marker | None:
     uri = marker_uri(stage_uri, shard)
     if not store.exists(uri):
         return None
-    data = store.read_bytes(uri)
+    return _parse_marker(uri, store.read_bytes(uri))
+
+
+def _parse_marker(uri: str, data: bytes) -> Marker:
     try:
         return Marker.from_json(data)
     except (ValueError, KeyError, TypeError) as exc:

@@ -336,6 +336,33 @@ class S3Store:
         self._client.delete_object(Bucket=bucket, Key=key)
 
 
+def create_object(store: Store, uri: str, data: bytes) -> bytes | None:
+    """Create `uri` holding `data` unless it exists: None when `data` is what it holds now
+    (created by this call, or by an earlier try of it whose answer was lost: a retried
+    put-if-absent then sees 412), else the bytes another writer put there. An ambiguous
+    outcome (refused or failed) is settled by reading the object back; when nothing can be
+    read, the StorageError is raised and nothing is assumed."""
+    try:
+        if store.put_bytes(uri, data, if_absent=True):
+            return None
+    except StorageError:
+        existing = _read_if_there(store, uri)
+        if existing is None:
+            raise
+        return None if existing == data else existing
+    existing = _read_if_there(store, uri)
+    if existing is None:
+        raise StorageError(f"{uri}: the conditional put was refused but nothing is there")
+    return None if existing == data else existing
+
+
+def _read_if_there(store: Store, uri: str) -> bytes | None:
+    try:
+        return store.read_bytes(uri) if store.exists(uri) else None
+    except StorageError:
+        return None
+
+
 _S3_STORES: dict[S3Settings, S3Store] = {}
 
 

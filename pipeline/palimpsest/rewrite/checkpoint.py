@@ -25,7 +25,7 @@ from typing import Any
 from palimpsest.commit import OUTPUT_KIND, Part
 from palimpsest.records import Record, read_jsonl
 from palimpsest.stats import Stats
-from palimpsest.storage import ObjectInfo, StorageError, Store, join
+from palimpsest.storage import ObjectInfo, StorageError, Store, create_object, join
 
 log = logging.getLogger(__name__)
 
@@ -84,26 +84,11 @@ class Checkpoint:
 
 
 def write_checkpoint(store: Store, stage_uri: str, checkpoint: Checkpoint) -> None:
-    """Create the checkpoint object; it never replaces an existing one. A refusal is read back:
-    a retried put whose first try landed finds its own bytes there, which is success."""
+    """Create the checkpoint object; it never replaces an existing one (a retried put whose
+    first try landed finds its own bytes there, which is success)."""
     uri = checkpoint.uri(stage_uri)
-    body = checkpoint.to_json()
-    try:
-        if store.put_bytes(uri, body, if_absent=True):
-            return
-    except StorageError:
-        if not _holds(store, uri, body):
-            raise
-        return
-    if not _holds(store, uri, body):
+    if create_object(store, uri, checkpoint.to_json()) is not None:
         raise RuntimeError(f"checkpoint {uri} exists already with other content")
-
-
-def _holds(store: Store, uri: str, body: bytes) -> bool:
-    try:
-        return store.read_bytes(uri) == body
-    except StorageError:
-        return False
 
 
 def delete_checkpoints(store: Store, stage_uri: str, shard: int, attempt: str) -> None:
