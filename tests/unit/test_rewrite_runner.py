@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -63,7 +64,7 @@ class FakeEngine(Engine):
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         self.log.append(("start", request.request_id))
         text = request.messages[-1].content
-        await asyncio.sleep(0.001 * (1 + hash(request.request_id) % 5))
+        await asyncio.sleep(latency(request.request_id))
         self.in_flight -= 1
         self.log.append(("end", request.request_id))
         if request.request_id.startswith("sgcr:"):
@@ -77,6 +78,14 @@ class FakeEngine(Engine):
     @property
     def requests(self) -> list[str]:
         return [rid for what, rid in self.log if what == "start"]
+
+
+def latency(request_id: str) -> float:
+    """A few milliseconds per request, the same in every run; shard 0's last record is slow, so
+    a runner that drains a shard before feeding the next one is caught whatever the timing."""
+    if request_id.endswith('"a6"'):
+        return 0.05
+    return 0.001 * (1 + zlib.crc32(request_id.encode()) % 5)
 
 
 def code(i: int) -> str:
