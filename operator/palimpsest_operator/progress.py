@@ -83,15 +83,6 @@ class Tally:
     def missing(self, shards: Iterable[int]) -> list[int]:
         return [s for s in shards if 0 <= s < self.total and not self.has(s)]
 
-    def first_missing(self) -> int | None:
-        for index, byte in enumerate(self.done):
-            if byte != 0xFF:
-                for bit in range(8):
-                    shard = index * 8 + bit
-                    if shard < self.total and not byte & (1 << bit):
-                        return shard
-        return None
-
     def encode(self) -> dict[str, Any]:
         packed = base64.b64encode(zlib.compress(bytes(self.done), 9)).decode("ascii")
         return {
