@@ -32,6 +32,7 @@ from palimpsest.names import API_VERSION, KIND, PLANS_DIR
 from palimpsest.stats import Stats
 from palimpsest.storage import S3Settings, join, store_for
 from palimpsest_operator.cluster import JobView, Resource
+from palimpsest_operator.evictions import FailedPod
 from palimpsest_operator.inputs import plan_key
 from palimpsest_operator.reconcile import reconcile
 from palimpsest_operator.status import merge_patch
@@ -64,6 +65,9 @@ class BenchCluster:
 
     def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
         pass
+
+    def list_failed_pods(self, namespace: str, job: str) -> list[FailedPod]:
+        return []
 
 
 def bench_job(output_uri: str) -> Job:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from palimpsest_operator.evictions import FailedPod
+
 
 @dataclass(frozen=True)
 class JobView:
@@ -44,6 +46,8 @@ class Cluster(Protocol):
     def delete_job(self, namespace: str, name: str) -> None: ...
 
     def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None: ...
+
+    def list_failed_pods(self, namespace: str, job: str) -> list[FailedPod]: ...
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,7 @@ REASON_STALE_JOB_DELETED: Final = "StaleJobDeleted"
 REASON_RETRYING: Final = "RetryingFailedShards"
 REASON_RERUN: Final = "Rerun"
 REASON_WRITING_MANIFEST: Final = "WritingManifest"
+REASON_INDEX_GIVEN_UP: Final = "IndexGivenUp"  # evicted by the kubelet past its retries
 
 # Stage states (status.stages[].state).
 STAGE_WAITING: Final = "Waiting"

@@ -23,6 +23,7 @@ from palimpsest.identity import StageRef
 from palimpsest.job import Job
 from palimpsest.stages.registry import STAGES, Runner
 from palimpsest_operator import constants as c
+from palimpsest_operator.evictions import give_up_prefix
 from palimpsest_operator.placement import Placement, PodTemplate, PoolPlacement, Resources
 
 MAX_NAME: Final = 63
@@ -133,6 +134,8 @@ def stage_job(work: StageJob) -> dict[str, Any]:
         ",".join(s.kind for s in work.stages),
         "--shards-per-index",
         str(block),
+        "--give-up",
+        give_up_prefix(work.job.output_uri, work.name),
     ]
     pod = PodParts(env=[*_cache_env(), *_s3_env(work.job, work.placement)])
     if work.runner is Runner.RECORDS:
@@ -258,7 +261,7 @@ def _indexed_job(
         pod_meta["annotations"] = dict(patch.annotations)
     if placement.queue_name:
         labels[c.LABEL_KUEUE_QUEUE] = placement.queue_name
-    return {
+    job: dict[str, Any] = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
@@ -277,6 +280,8 @@ def _indexed_job(
             "podReplacementPolicy": "Failed",
             "podFailurePolicy": {
                 "rules": [
+                    # Rules cannot match a condition's reason: every disruption is ignored here
+                    # and the operator counts kubelet evictions itself (evictions.py).
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                     {
                         "action": "FailIndex",
@@ -293,6 +298,9 @@ def _indexed_job(
             "template": {"metadata": pod_meta, "spec": pod},
         },
     }
+    if work.pool.active_deadline_seconds is not None:
+        job["spec"]["activeDeadlineSeconds"] = work.pool.active_deadline_seconds
+    return job
 
 
 def _pod_spec(

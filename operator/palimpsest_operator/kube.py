@@ -16,6 +16,10 @@ from kubernetes.client.exceptions import ApiException
 
 from palimpsest_operator import constants as c
 from palimpsest_operator.cluster import JobView
+from palimpsest_operator.evictions import FailedPod
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 def load_config() -> None:
@@ -76,6 +80,27 @@ class KubeCluster:
 
     def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
         self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspended}})
+
+    def list_failed_pods(self, namespace: str, job: str) -> list[FailedPod]:
+        pods = self.core.list_namespaced_pod(
+            namespace,
+            label_selector=f"{JOB_NAME_LABEL}={job}",
+            field_selector="status.phase=Failed",
+        )
+        return [_failed_pod(pod) for pod in pods.items]
+
+
+def _failed_pod(pod: Any) -> FailedPod:
+    annotations = pod.metadata.annotations or {}
+    reason = next(
+        (
+            cond.reason or ""
+            for cond in pod.status.conditions or []
+            if cond.type == "DisruptionTarget" and cond.status == "True"
+        ),
+        None,
+    )
+    return FailedPod(int(annotations.get(INDEX_ANNOTATION, "-1")), reason)
 
 
 def _view(job: Any) -> JobView:

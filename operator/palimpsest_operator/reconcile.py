@@ -29,6 +29,7 @@ from palimpsest_operator import constants as c
 from palimpsest_operator import jobs as builders
 from palimpsest_operator.annotations import requested, rerun_pending
 from palimpsest_operator.cluster import Cluster, Event, JobView, Resource, TickResult
+from palimpsest_operator.evictions import exhausted_indexes, give_up_uri
 from palimpsest_operator.inputs import ensure_document, ensure_plan, load_prompts
 from palimpsest_operator.manifest import ManifestProgress, manifest_uri, write_manifest_step
 from palimpsest_operator.placement import Placement, parse_placement
@@ -198,6 +199,7 @@ class Tick:
             state = c.STAGE_SUCCEEDED if run.complete else c.STAGE_WAITING
             if not run.complete and not blocked:
                 blocked = True
+                self.give_up_evicted(run, placement.retries.per_shard, storage)
                 phase, reason, message, state = self.drive(run, placement)
                 outcome = (phase, reason, message)
             for ref, tally in zip(work.stages, run.tallies, strict=True):
@@ -278,6 +280,23 @@ class Tick:
             )
         message = f"{run.label} running as Job {work.name}"
         return running_phase, c.REASON_STAGE_RUNNING, message, state
+
+    def give_up_evicted(self, run: GroupRun, retries: int, storage: JobStorage) -> None:
+        """Give up the indexes of the running Job that the kubelet evicted past their retries
+        (evictions.py); each is announced once, when its give-up object is first written."""
+        view = run.view
+        if view is None or view.finished is not None:
+            return
+        pods = self.cluster.list_failed_pods(self.res.namespace, view.name)
+        for index in exhausted_indexes(pods, retries):
+            uri = give_up_uri(run.work.job.output_uri, view.name, index)
+            if storage.store.put_bytes(uri, b"{}", if_absent=True):
+                self.emit(
+                    "Warning",
+                    c.REASON_INDEX_GIVEN_UP,
+                    f"{run.label}: Job {view.name} index {index} failed more than "
+                    f"{retries} times with node-pressure evictions; giving it up",
+                )
 
     def follow_suspend(self, view: JobView, placement: Placement) -> None:
         """Suspend or resume the Job as spec.suspend says; a queued Job is only ever

@@ -16,6 +16,7 @@ from palimpsest.job import parse_job
 from palimpsest.names import INDEX_ENV
 from palimpsest.plan import make_plan
 from palimpsest.storage import LocalStore, join
+from palimpsest_operator.evictions import give_up_uri
 from palimpsest_operator.inputs import ensure_document
 from palimpsest_operator.jobs import Owner, StageJob, stage_job
 from palimpsest_operator.placement import parse_placement
@@ -139,3 +140,20 @@ def test_a_worker_given_another_group_exits_as_a_configuration_error(
     assert "--stages sgcr: not a stage group of the job (filter | sgcr,scor)" in error
     args = build_parser().parse_args(["worker", "--job", uri, "--stages", "filter", "--index", "9"])
     assert worker.run(args) == 3
+
+
+def test_a_worker_of_a_given_up_index_exits_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_input(tmp_path / "in")
+    body, document, uri, shards = operator_document(tmp_path)
+    owner = Owner("demo", "team", "u1")
+    refs = document.stage_refs()
+    job = stage_job(StageJob(document.job, parse_placement(body), owner, uri, refs[:1], shards))
+    STORE.put_bytes(give_up_uri(document.job.output_uri, job["metadata"]["name"], 1), b"{}")
+    assert run_worker_args(container_of(job), 2, monkeypatch).shards == (2,)
+    with pytest.raises(ValueError, match="index 1: given up"):
+        run_worker_args(container_of(job), 1, monkeypatch)
+    args = build_parser().parse_args(container_of(job)["args"])
+    assert worker.run(args) == 3
+    assert "given up" in capsys.readouterr().err

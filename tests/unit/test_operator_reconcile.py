@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
 from palimpsest_operator import constants as c
 from palimpsest_operator.cluster import JobView, Resource, TickResult
+from palimpsest_operator.evictions import FailedPod, give_up_uri
 from palimpsest_operator.reconcile import reconcile
 from palimpsest_operator.status import merge_patch
 from palimpsest_operator.storage import JobStorage
@@ -38,6 +40,7 @@ class FakeCluster:
         self.lingering = False  # deleted Jobs stay, marked deleting, like foreground deletion
         self.secrets: dict[str, dict[str, str]] = {}
         self.config_maps: dict[str, dict[str, str]] = {}
+        self.failed_pods: dict[str, list[FailedPod]] = {}
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         return self.secrets.get(name)
@@ -69,6 +72,9 @@ class FakeCluster:
 
     def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
         self.jobs[name] = replace(self.jobs[name], suspended=suspended)
+
+    def list_failed_pods(self, namespace: str, job: str) -> list[FailedPod]:
+        return self.failed_pods.get(job, [])
 
     def progress(
         self, name: str, completed: str, finished: str | None = None, failed: str | None = None
@@ -440,3 +446,20 @@ def test_a_deleted_plan_or_job_document_is_written_again(tmp_path: Path) -> None
     h.tick()
     assert plan.read_bytes() == body  # the same listing gives the same plan
     assert document.exists() and h.status["jobDocument"] == str(document)
+
+
+def test_an_index_evicted_past_its_retries_is_given_up_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path, retries={"perShard": 1})
+    h.tick()
+    (name,) = h.cluster.jobs
+    h.cluster.failed_pods[name] = [
+        FailedPod(1, "TerminationByKubelet"),
+        FailedPod(1),
+        FailedPod(2, "PreemptionByScheduler"),
+        FailedPod(2, "PreemptionByScheduler"),
+    ]
+    result = h.tick()
+    assert reasons(result).count(c.REASON_INDEX_GIVEN_UP) == 1
+    assert os.path.exists(give_up_uri(h.output, name, 1))
+    assert not os.path.exists(give_up_uri(h.output, name, 2))
+    assert c.REASON_INDEX_GIVEN_UP not in reasons(h.tick())  # announced once
