@@ -30,6 +30,8 @@ class JobView:
     shards_per_index: int = 1
     deleting: bool = False
     """Deletion was asked for; the Job stays until its pods have stopped (foreground)."""
+    shard_list: str | None = None
+    """The URI of the shard list a retry Job's indexes count through (None: the plan)."""
 
 
 class Cluster(Protocol):

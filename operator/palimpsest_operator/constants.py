@@ -32,6 +32,7 @@ ANNOTATION_RETRY_FAILED: Final = f"{GROUP}/retry-failed"  # re-run only uncommit
 # Annotations the operator sets on the Jobs it creates.
 ANNOTATION_STAGE_IDS: Final = f"{GROUP}/stage-ids"  # the ids of the stages the Job runs
 ANNOTATION_SHARDS_PER_INDEX: Final = f"{GROUP}/shards-per-index"  # plan shards per Job index
+ANNOTATION_SHARD_LIST: Final = f"{GROUP}/shard-list"  # the shards a retry Job's indexes run
 
 # Phases (status.phase).
 PENDING: Final = "Pending"
@@ -94,3 +95,4 @@ S3_OPTIONAL_SECRET_KEYS: Final = ("AWS_SESSION_TOKEN",)
 # Where the operator keeps plans and manifests under the job's output URI.
 PLANS_DIR: Final = names.PLANS_DIR
 MANIFESTS_DIR: Final = names.MANIFESTS_DIR
+RETRIES_DIR: Final = "_retries"  # the shard lists of retry Jobs (`<job name>.json`)

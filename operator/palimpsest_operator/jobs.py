@@ -70,6 +70,14 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class ShardList:
+    """Some of the plan's shards, written at `uri` as a JSON list for the workers to read."""
+
+    uri: str
+    shards: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class StageJob:
     """What one Job runs: a group of the job's stages over the plan's shards."""
 
@@ -80,6 +88,8 @@ class StageJob:
     stages: tuple[StageRef, ...]
     total_shards: int
     attempt: int = 0
+    only: ShardList | None = None
+    """The shards a retry Job runs (its indexes count through them); None: every shard."""
 
     @property
     def runner(self) -> Runner:
@@ -157,12 +167,17 @@ def stage_job(work: StageJob) -> dict[str, Any]:
     pod.env = _merge_env(pod.env, patch.env)
     pod.volumes += [dict(v) for v in patch.volumes]
     pod.mounts += [dict(m) for m in patch.volume_mounts]
-    container = _container(work.pool, args, pod)
-    indexes = math.ceil(work.total_shards / block)
     annotations = {
         c.ANNOTATION_STAGE_IDS: ",".join(s.stage_id for s in work.stages),
         c.ANNOTATION_SHARDS_PER_INDEX: str(block),
     }
+    shards = work.total_shards
+    if work.only is not None:
+        args += ["--shard-list", work.only.uri]
+        annotations[c.ANNOTATION_SHARD_LIST] = work.only.uri
+        shards = len(work.only.shards)
+    container = _container(work.pool, args, pod)
+    indexes = math.ceil(shards / block)
     spec = _patch_pod_spec(_pod_spec(work.pool, container, pod.volumes), patch)
     return _indexed_job(work, indexes, spec, annotations)
 

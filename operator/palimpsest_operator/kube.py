@@ -121,4 +121,5 @@ def _view(job: Any) -> JobView:
         finished=finished,
         shards_per_index=int(annotations.get(c.ANNOTATION_SHARDS_PER_INDEX, "1")),
         deleting=job.metadata.deletion_timestamp is not None,
+        shard_list=annotations.get(c.ANNOTATION_SHARD_LIST),
     )

@@ -178,8 +178,13 @@ def count_indexes(text: str | None) -> int:
     return total
 
 
-def shards_of_indexes(indexes: Iterable[int], block: int, total: int) -> list[int]:
-    """The shards a set of Job indexes covers when each index handles `block` shards."""
+def shards_of_indexes(
+    indexes: Iterable[int], block: int, total: int, order: Sequence[int] | None = None
+) -> list[int]:
+    """The shards a set of Job indexes covers when each index handles `block` shards: of the
+    plan, or of `order` (the shard list of a Job that retries only some shards)."""
+    if order is not None:
+        return [s for i in indexes for s in order[i * block : (i + 1) * block]]
     return [s for i in indexes for s in range(i * block, min((i + 1) * block, total))]
 
 

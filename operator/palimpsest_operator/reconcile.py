@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from palimpsest.identity import StageRef
@@ -27,7 +27,12 @@ from palimpsest.job import Job, parse_job
 from palimpsest.stages.registry import Runner, groups
 from palimpsest_operator import constants as c
 from palimpsest_operator import jobs as builders
-from palimpsest_operator.annotations import requested, rerun_pending
+from palimpsest_operator.annotations import (
+    read_shard_list,
+    requested,
+    rerun_pending,
+    retry_list,
+)
 from palimpsest_operator.cluster import Cluster, Event, JobView, Resource, TickResult
 from palimpsest_operator.evictions import exhausted_indexes, give_up_uri
 from palimpsest_operator.inputs import ensure_document, ensure_plan, load_prompts
@@ -65,6 +70,8 @@ class GroupRun:
     tallies: list[Tally]
     added: int = 0
     """Shards newly counted this tick (a finished Job may still be being counted)."""
+    order: list[int] | None = None
+    """The shard list the Job's indexes count through (a retry Job), None: the plan."""
 
     @property
     def label(self) -> str:
@@ -194,13 +201,15 @@ class Tick:
                     for r in work.stages
                 ],
             )
+            if run.view is not None and run.view.shard_list:
+                run.order = read_shard_list(storage.store, run.view.shard_list)
             if not blocked:
                 self.count(run, storage, checkpoint)
             state = c.STAGE_SUCCEEDED if run.complete else c.STAGE_WAITING
             if not run.complete and not blocked:
                 blocked = True
                 self.give_up_evicted(run, placement.retries.per_shard, storage)
-                phase, reason, message, state = self.drive(run, placement)
+                phase, reason, message, state = self.drive(run, placement, storage)
                 outcome = (phase, reason, message)
             for ref, tally in zip(work.stages, run.tallies, strict=True):
                 own = c.STAGE_SUCCEEDED if tally.complete else state
@@ -227,12 +236,16 @@ class Tick:
         candidates = []
         if view is not None:
             completed = parse_indexes(view.completed_indexes)
-            candidates = shards_of_indexes(completed, view.shards_per_index, run.work.total_shards)
+            candidates = shards_of_indexes(
+                completed, view.shards_per_index, run.work.total_shards, run.order
+            )
         for ref, tally in zip(run.work.stages, run.tallies, strict=True):
             scan = needs_scan(view, ref.stage_id in checkpoint, tally)
             run.added += advance(tally, storage, ref.uri(run.work.job.output_uri), candidates, scan)
 
-    def drive(self, run: GroupRun, placement: Placement) -> tuple[str, str, str, str]:
+    def drive(
+        self, run: GroupRun, placement: Placement, storage: JobStorage
+    ) -> tuple[str, str, str, str]:
         """Move the first incomplete stage group on; returns (phase, reason, message, state).
 
         A finished Job whose stage still misses markers failed, unless it completed cleanly
@@ -241,6 +254,10 @@ class Tick:
         work, view = run.work, run.view
         running_phase = c.REWRITING if work.runner is Runner.LLM else c.FILTERING
         if view is None:
+            if work.attempt and any(t.count for t in run.tallies):
+                # A retry: its Job runs only the shards not committed yet.
+                only = retry_list(storage.store, work.job.output_uri, work.name, run.tallies)
+                work = replace(work, only=only)
             if self.cluster.create_job(builders.stage_job(work)):
                 self.emit(
                     "Normal", c.REASON_JOB_CREATED, f"created Job {work.name} for {run.label}"
@@ -339,7 +356,7 @@ class Tick:
             state=state,
             tally=tally,
             running=running_shards(jv, tally) if state not in c.STAGE_DONE else 0,
-            failed=failed_shards(jv, tally),
+            failed=failed_shards(jv, tally, run.order),
             started_at=started,
             finished_at=finished,
         )
@@ -453,11 +470,12 @@ def running_shards(jv: JobView | None, tally: Tally) -> int:
     return min(jv.active * jv.shards_per_index, tally.total - tally.count)
 
 
-def failed_shards(jv: JobView | None, tally: Tally) -> int:
+def failed_shards(jv: JobView | None, tally: Tally, order: list[int] | None = None) -> int:
     """Uncommitted shards of the Job's failed indexes."""
     if jv is None:
         return 0
-    failed = shards_of_indexes(parse_indexes(jv.failed_indexes), jv.shards_per_index, tally.total)
+    indexes = parse_indexes(jv.failed_indexes)
+    failed = shards_of_indexes(indexes, jv.shards_per_index, tally.total, order)
     return len(tally.missing(failed))
 
 

@@ -18,7 +18,7 @@ from palimpsest.plan import make_plan
 from palimpsest.storage import LocalStore, join
 from palimpsest_operator.evictions import give_up_uri
 from palimpsest_operator.inputs import ensure_document
-from palimpsest_operator.jobs import Owner, StageJob, stage_job
+from palimpsest_operator.jobs import Owner, ShardList, StageJob, stage_job
 from palimpsest_operator.placement import parse_placement
 
 STORE = LocalStore()
@@ -157,3 +157,26 @@ def test_a_worker_of_a_given_up_index_exits_before_any_work(
     args = build_parser().parse_args(container_of(job)["args"])
     assert worker.run(args) == 3
     assert "given up" in capsys.readouterr().err
+
+
+def test_a_retry_job_s_indexes_run_the_shards_of_its_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_input(tmp_path / "in")
+    body, document, uri, shards = operator_document(tmp_path)
+    owner = Owner("demo", "team", "u1")
+    refs = document.stage_refs()
+    listed = join(document.job.output_uri, "_retries", "retry.json")
+    STORE.put_bytes(listed, json.dumps([1, 3, 4]).encode())
+    only = ShardList(listed, (1, 3, 4))
+    placement = parse_placement(body)
+    filter_job = stage_job(StageJob(document.job, placement, owner, uri, refs[:1], shards, 1, only))
+    assert filter_job["spec"]["completions"] == 3
+    got = [run_worker_args(container_of(filter_job), i, monkeypatch).shards for i in range(3)]
+    assert got == [(1,), (3,), (4,)]
+    rewrite_job = stage_job(
+        StageJob(document.job, placement, owner, uri, refs[1:], shards, 1, only)
+    )
+    assert rewrite_job["spec"]["completions"] == 2, "2 shards per pod over 3 listed shards"
+    got = [run_worker_args(container_of(rewrite_job), i, monkeypatch).shards for i in range(2)]
+    assert got == [(1, 3), (4,)]

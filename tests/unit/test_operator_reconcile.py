@@ -25,6 +25,7 @@ from palimpsest.storage import LocalStore
 from palimpsest_operator import constants as c
 from palimpsest_operator.cluster import JobView, Resource, TickResult
 from palimpsest_operator.evictions import FailedPod, give_up_uri
+from palimpsest_operator.progress import parse_indexes
 from palimpsest_operator.reconcile import reconcile
 from palimpsest_operator.status import merge_patch
 from palimpsest_operator.storage import JobStorage
@@ -60,6 +61,10 @@ class FakeCluster:
             name,
             manifest["metadata"]["labels"][c.LABEL_STAGE_ID],
             suspended=manifest["spec"]["suspend"],
+            shards_per_index=int(
+                manifest["metadata"]["annotations"][c.ANNOTATION_SHARDS_PER_INDEX]
+            ),
+            shard_list=manifest["metadata"]["annotations"].get(c.ANNOTATION_SHARD_LIST),
         )
         return True
 
@@ -251,6 +256,42 @@ def test_failed_shards_then_retry_failed(tmp_path: Path) -> None:
     assert retry.endswith("-r1") and h.status["phase"] == c.FILTERING
     h.tick()  # the same annotation value acts only once
     assert list(h.cluster.jobs) == [retry]
+    # the retry Job runs only shard 1: one index, through a shard list the worker reads
+    manifest = h.cluster.manifests[retry]
+    assert manifest["spec"]["completions"] == 1
+    args = manifest["spec"]["template"]["spec"]["containers"][0]["args"]
+    listed = args[args.index("--shard-list") + 1]
+    assert json.loads(Path(listed).read_text()) == [1]
+    assert manifest["metadata"]["annotations"][c.ANNOTATION_SHARD_LIST] == listed
+    h.commit(1)
+    h.cluster.progress(retry, "0", finished="Complete")
+    h.tick()
+    assert (h.status["phase"], h.status["shards"]["succeeded"]) == (c.SUCCEEDED, 3)
+
+
+@pytest.mark.parametrize(
+    ("completed", "failed", "succeeded", "failed_shards"),
+    [("1", "0", 2, 1), ("0", "1", 2, 1), ("", "0,1", 1, 2)],
+)
+def test_a_retry_job_s_indexes_name_the_listed_shards(
+    tmp_path: Path, completed: str, failed: str, succeeded: int, failed_shards: int
+) -> None:
+    h = Harness(tmp_path)
+    h.tick()
+    (first,) = h.cluster.jobs
+    h.commit(0)
+    h.cluster.progress(first, "0", finished="Failed", failed="1,2")
+    h.tick()
+    h.manifest["metadata"]["annotations"] = {c.ANNOTATION_RETRY_FAILED: "a"}
+    h.tick()
+    (retry,) = h.cluster.jobs
+    assert h.cluster.manifests[retry]["spec"]["completions"] == 2  # shards 1 and 2
+    for index in parse_indexes(completed):
+        h.commit(index + 1)  # index i of the retry runs shard i + 1
+    h.cluster.progress(retry, completed, finished="Failed", failed=failed)
+    h.tick()
+    shards = h.status["shards"]
+    assert (shards["succeeded"], shards["failed"]) == (succeeded, failed_shards)
 
 
 def test_suspend_and_resume(tmp_path: Path) -> None:
