@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from palimpsest.commit import Marker
+from palimpsest.commit import CorruptMarkerError, Marker
 from palimpsest.stats import Stats
 
 MARKER_READ_THREADS: Final = 16
@@ -121,17 +121,27 @@ class Tally:
 
 
 def advance(
-    tally: Tally, source: MarkerSource, stage_uri: str, candidates: Iterable[int], scan: bool = True
+    tally: Tally,
+    source: MarkerSource,
+    stage_uri: str,
+    candidates: Iterable[int],
+    scan: bool = True,
+    corrupt: list[CorruptMarkerError] | None = None,
 ) -> int:
     """Count the markers of `candidates` not yet counted, plus one listing page; returns how
-    many shards were newly counted."""
+    many shards were newly counted. Unreadable markers are left uncounted and, when `corrupt`
+    is given, added to it (otherwise their error is raised)."""
     to_read = tally.missing(candidates)
     if scan and not tally.complete:
         to_read += tally.missing(_scan(tally, source, stage_uri))
     to_read = sorted(set(to_read))[:MAX_READS_PER_TICK]
     added = 0
     for marker in read_markers(source, stage_uri, to_read):
-        if marker is not None and tally.add(marker):
+        if isinstance(marker, CorruptMarkerError):
+            if corrupt is None:
+                raise marker
+            corrupt.append(marker)
+        elif marker is not None and tally.add(marker):
             added += 1
     return added
 
@@ -148,12 +158,21 @@ def _scan(tally: Tally, source: MarkerSource, stage_uri: str) -> list[int]:
 
 def read_markers(
     source: MarkerSource, stage_uri: str, shards: Sequence[int]
-) -> Iterator[Marker | None]:
+) -> Iterator[Marker | CorruptMarkerError | None]:
+    """The markers of `shards` in order: None where none exists, the error where one is
+    unreadable (so one bad marker does not stop the others from being counted)."""
+
+    def read(shard: int) -> Marker | CorruptMarkerError | None:
+        try:
+            return source.read_marker(stage_uri, shard)
+        except CorruptMarkerError as exc:
+            return exc
+
     if len(shards) <= 1:
-        yield from (source.read_marker(stage_uri, s) for s in shards)
+        yield from (read(s) for s in shards)
         return
     with ThreadPoolExecutor(MARKER_READ_THREADS) as pool:
-        yield from pool.map(lambda s: source.read_marker(stage_uri, s), shards)
+        yield from pool.map(read, shards)
 
 
 def parse_indexes(text: str | None) -> list[int]:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from palimpsest.commit import CorruptMarkerError
 from palimpsest.identity import StageRef
 from palimpsest.job import Job, parse_job
 from palimpsest.stages.registry import Runner, groups
@@ -50,6 +51,7 @@ from palimpsest_operator.status import (
     conditions,
     current_shards,
     iso,
+    quarantine_conditions,
     rates,
     stage_entry,
     totals,
@@ -241,7 +243,35 @@ class Tick:
             )
         for ref, tally in zip(run.work.stages, run.tallies, strict=True):
             scan = needs_scan(view, ref.stage_id in checkpoint, tally)
-            run.added += advance(tally, storage, ref.uri(run.work.job.output_uri), candidates, scan)
+            uri = ref.uri(run.work.job.output_uri)
+            corrupt: list[CorruptMarkerError] = []
+            run.added += advance(tally, storage, uri, candidates, scan, corrupt)
+            for error in corrupt:
+                aside = storage.quarantine(uri, error)
+                self.emit(
+                    "Warning",
+                    c.REASON_MARKER_QUARANTINED,
+                    f"{error.uri}: unreadable marker moved to {aside}; shard {error.shard} "
+                    "runs again",
+                )
+            self.note_quarantined(ref.stage_id, tally, [e.shard for e in corrupt])
+
+    def note_quarantined(self, stage_id: str, tally: Tally, shards: Sequence[int]) -> None:
+        """Keep the quarantined shards of a stage in status until they are committed again."""
+        before = (self.old.get("quarantined") or {}).get(stage_id) or []
+        pending = sorted(set(tally.missing([*before, *shards])))
+        if pending:
+            self.status.setdefault("quarantined", {})[stage_id] = pending
+
+    def requeue_quarantined(self, run: GroupRun) -> int:
+        """Shards of the group still missing after quarantine; when its Job has finished
+        without them, the next tick runs them under a new attempt (a Job over them only)."""
+        quarantined = self.status.get("quarantined") or {}
+        missing = {s for ref in run.work.stages for s in quarantined.get(ref.stage_id, [])}
+        if missing:
+            retried = self.status["retried"]
+            retried["attempt"] = run.work.attempt + 1
+        return len(missing)
 
     def drive(
         self, run: GroupRun, placement: Placement, storage: JobStorage
@@ -269,6 +299,11 @@ class Tick:
             self.follow_suspend(view, placement)
             failed = count_indexes(view.failed_indexes)
             still_counting = view.finished == "Complete" and not failed and run.added > 0
+            if view.finished is not None and not still_counting:
+                requeued = self.requeue_quarantined(run)
+                if requeued:
+                    message = f"{run.label}: re-running {requeued} shards with unreadable markers"
+                    return running_phase, c.REASON_MARKER_QUARANTINED, message, c.STAGE_RUNNING
             if view.finished is not None and not still_counting:
                 done = min(t.count for t in run.tallies)
                 return (
@@ -454,6 +489,11 @@ class Tick:
         self.status["observedGeneration"] = self.res.generation
         self.status["conditions"] = conditions(
             phase, reason, message, self.res.generation, self.old.get("conditions") or [], self.now
+        ) + quarantine_conditions(
+            self.status.get("quarantined") or {},
+            self.res.generation,
+            self.old.get("conditions") or [],
+            self.now,
         )
         if not self.reached_stages:
             # An early stop (bad spec, missing Secret) keeps the counts of the last full pass.

@@ -169,6 +169,37 @@ def conditions(
     return out
 
 
+def quarantine_conditions(
+    quarantined: Mapping[str, Sequence[int]],
+    generation: int,
+    previous: Sequence[Mapping[str, Any]],
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """A MarkersQuarantined condition while shards whose marker was unreadable (and moved
+    aside) have not been committed again; it keeps its transition time while it holds."""
+    if not quarantined:
+        return []
+    since = next(
+        (
+            p.get("lastTransitionTime")
+            for p in previous
+            if p.get("type") == c.COND_MARKERS_QUARANTINED
+        ),
+        None,
+    )
+    named = "; ".join(f"{stage}: shards {list(shards)}" for stage, shards in quarantined.items())
+    return [
+        {
+            "type": c.COND_MARKERS_QUARANTINED,
+            "status": "True",
+            "reason": c.REASON_MARKER_QUARANTINED,
+            "message": f"unreadable markers moved aside, their shards run again ({named})"[:1000],
+            "observedGeneration": generation,
+            "lastTransitionTime": since or iso(now),
+        }
+    ]
+
+
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON merge patch turning `old` status into `new`: keys gone from `new` become None.
 

@@ -12,11 +12,14 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from palimpsest.commit import MARKERS, Marker, read_marker
+from palimpsest.commit import MARKERS, CorruptMarkerError, Marker, read_marker
 from palimpsest.job import StorageSpec
-from palimpsest.storage import LocalStore, S3Store, Store, is_s3, join, store_for
+from palimpsest.storage import LocalStore, S3Store, Store, digest, is_s3, join, store_for
 
 _MARKER_NAME: Final = re.compile(r"shard-(\d+)\.json$")
+
+QUARANTINE_DIR: Final = "_quarantine"
+"""Under a stage's folder: unreadable markers moved aside, kept for inspection."""
 
 MAX_POOL_CONNECTIONS: Final = 32
 """Connections per job's S3 client: markers are read by several threads at once."""
@@ -30,6 +33,15 @@ class JobStorage:
 
     def read_marker(self, stage_uri: str, shard: int) -> Marker | None:
         return read_marker(self.store, stage_uri, shard)
+
+    def quarantine(self, stage_uri: str, error: CorruptMarkerError) -> str:
+        """Move an unreadable marker aside (its shard then counts as not committed and runs
+        again); returns where its bytes now are. The parts it may list are left alone."""
+        data = self.store.read_bytes(error.uri)
+        aside = join(stage_uri, QUARANTINE_DIR, f"shard-{error.shard:06d}-{digest(data)[:12]}.json")
+        self.store.put_bytes(aside, data)
+        self.store.delete(error.uri)
+        return aside
 
     def list_marker_shards(self, stage_uri: str, after: int, limit: int) -> list[int]:
         """Shard numbers of committed markers greater than `after`, ascending, at most `limit`."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from palimpsest.commit import ShardOutput
+from palimpsest.commit import ShardOutput, marker_uri
 from palimpsest.job import Job
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
@@ -28,7 +28,7 @@ from palimpsest_operator.evictions import FailedPod, give_up_uri
 from palimpsest_operator.progress import parse_indexes
 from palimpsest_operator.reconcile import reconcile
 from palimpsest_operator.status import merge_patch
-from palimpsest_operator.storage import JobStorage
+from palimpsest_operator.storage import QUARANTINE_DIR, JobStorage
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -504,3 +504,40 @@ def test_an_index_evicted_past_its_retries_is_given_up_once(tmp_path: Path) -> N
     assert os.path.exists(give_up_uri(h.output, name, 1))
     assert not os.path.exists(give_up_uri(h.output, name, 2))
     assert c.REASON_INDEX_GIVEN_UP not in reasons(h.tick())  # announced once
+
+
+@pytest.mark.parametrize("garbage", [b"not json", b"[1, 2]", b'{"shard": 1}'])
+def test_an_unreadable_marker_is_quarantined_and_its_shard_runs_again(
+    tmp_path: Path, garbage: bytes
+) -> None:
+    h = Harness(tmp_path)
+    h.tick()
+    (first,) = h.cluster.jobs
+    for shard in range(3):
+        h.commit(shard)
+    marker = marker_uri(h.stage_uri(), 1)
+    Path(marker).write_bytes(garbage)
+    h.cluster.progress(first, "0-2", finished="Complete")
+    result = h.tick()  # the other shards are still counted
+    assert h.status["shards"]["succeeded"] == 2
+    (event,) = [e for e in result.events if e.reason == c.REASON_MARKER_QUARANTINED]
+    assert event.type == "Warning" and marker in event.message
+    assert not Path(marker).exists()
+    (aside,) = (Path(h.stage_uri()) / QUARANTINE_DIR).iterdir()
+    assert aside.read_bytes() == garbage
+    condition = conditions_of(h.status)[c.COND_MARKERS_QUARANTINED]
+    assert condition["status"] == "True" and "shards [1]" in condition["message"]
+    assert h.status["phase"] == c.FILTERING, "not Failed: the shard is re-run"
+
+    h.tick()  # the finished Job counted nothing new: the shard goes to a new attempt
+    assert h.status["phase"] == c.FILTERING and h.status["retried"]["attempt"] == 1
+    h.tick()  # whose Job runs only shard 1
+    (retry,) = h.cluster.jobs
+    assert retry != first and first in h.cluster.deleted
+    assert h.cluster.manifests[retry]["spec"]["completions"] == 1
+    h.commit(1)
+    h.cluster.progress(retry, "0", finished="Complete")
+    h.tick()
+    assert h.status["phase"] == c.SUCCEEDED and h.status["shards"]["succeeded"] == 3
+    assert c.COND_MARKERS_QUARANTINED not in conditions_of(h.status)
+    assert "quarantined" not in h.status
