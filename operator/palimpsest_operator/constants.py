@@ -50,6 +50,7 @@ COND_PROGRESSING: Final = "Progressing"
 COND_FAILED: Final = "Failed"
 COND_SUSPENDED: Final = "Suspended"
 COND_WAITING_FOR_ADMISSION: Final = "WaitingForAdmission"
+COND_DEGRADED: Final = "Degraded"  # the last tick failed on S3 or the API; retried with backoff
 COND_MARKERS_QUARANTINED: Final = "MarkersQuarantined"  # unreadable markers moved aside
 
 # Condition and Event reasons.
@@ -71,6 +72,7 @@ REASON_STALE_JOB_DELETED: Final = "StaleJobDeleted"
 REASON_RETRYING: Final = "RetryingFailedShards"
 REASON_RERUN: Final = "Rerun"
 REASON_WRITING_MANIFEST: Final = "WritingManifest"
+REASON_TEMPORARY_ERROR: Final = "TemporaryError"
 REASON_MARKER_QUARANTINED: Final = "MarkerQuarantined"
 REASON_INDEX_GIVEN_UP: Final = "IndexGivenUp"  # evicted by the kubelet past its retries
 

@@ -15,6 +15,7 @@ when most are done (or none are), about 17 kB at worst.
 from __future__ import annotations
 
 import base64
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -127,16 +128,18 @@ def advance(
     candidates: Iterable[int],
     scan: bool = True,
     corrupt: list[CorruptMarkerError] | None = None,
+    deadline: float | None = None,
 ) -> int:
     """Count the markers of `candidates` not yet counted, plus one listing page; returns how
     many shards were newly counted. Unreadable markers are left uncounted and, when `corrupt`
-    is given, added to it (otherwise their error is raised)."""
+    is given, added to it (otherwise their error is raised). Reads not started by `deadline`
+    (time.monotonic) are left to the next tick."""
     to_read = tally.missing(candidates)
     if scan and not tally.complete:
         to_read += tally.missing(_scan(tally, source, stage_uri))
     to_read = sorted(set(to_read))[:MAX_READS_PER_TICK]
     added = 0
-    for marker in read_markers(source, stage_uri, to_read):
+    for marker in read_markers(source, stage_uri, to_read, deadline):
         if isinstance(marker, CorruptMarkerError):
             if corrupt is None:
                 raise marker
@@ -157,12 +160,15 @@ def _scan(tally: Tally, source: MarkerSource, stage_uri: str) -> list[int]:
 
 
 def read_markers(
-    source: MarkerSource, stage_uri: str, shards: Sequence[int]
+    source: MarkerSource, stage_uri: str, shards: Sequence[int], deadline: float | None = None
 ) -> Iterator[Marker | CorruptMarkerError | None]:
-    """The markers of `shards` in order: None where none exists, the error where one is
-    unreadable (so one bad marker does not stop the others from being counted)."""
+    """The markers of `shards` in order: None where none exists or the read would start after
+    `deadline`, the error where one is unreadable (so one bad marker does not stop the others
+    from being counted)."""
 
     def read(shard: int) -> Marker | CorruptMarkerError | None:
+        if deadline is not None and time.monotonic() > deadline:
+            return None
         try:
             return source.read_marker(stage_uri, shard)
         except CorruptMarkerError as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -95,8 +96,11 @@ class Tick:
         cluster: Cluster,
         storage_for: StorageFactory,
         now: dt.datetime | None = None,
+        budget: float | None = None,
     ) -> None:
         self.res = resource
+        self.deadline = None if budget is None else time.monotonic() + budget
+        """Marker reads not started by then are left to the next tick."""
         self.cluster = cluster
         self.storage_for = storage_for
         self.now = now or dt.datetime.now(dt.UTC)
@@ -245,7 +249,7 @@ class Tick:
             scan = needs_scan(view, ref.stage_id in checkpoint, tally)
             uri = ref.uri(run.work.job.output_uri)
             corrupt: list[CorruptMarkerError] = []
-            run.added += advance(tally, storage, uri, candidates, scan, corrupt)
+            run.added += advance(tally, storage, uri, candidates, scan, corrupt, self.deadline)
             for error in corrupt:
                 aside = storage.quarantine(uri, error)
                 self.emit(
@@ -298,7 +302,8 @@ class Tick:
         else:
             self.follow_suspend(view, placement)
             failed = count_indexes(view.failed_indexes)
-            still_counting = view.finished == "Complete" and not failed and run.added > 0
+            counting = run.added > 0 or self.past_deadline()
+            still_counting = view.finished == "Complete" and not failed and counting
             if view.finished is not None and not still_counting:
                 requeued = self.requeue_quarantined(run)
                 if requeued:
@@ -477,6 +482,10 @@ class Tick:
             elif v.state == c.STAGE_FAILED:
                 self.emit("Warning", c.REASON_SHARDS_FAILED, f"{v.kind} ({v.stage_id}) failed")
 
+    def past_deadline(self) -> bool:
+        """The tick's budget ran out: some markers may have been left unread."""
+        return self.deadline is not None and time.monotonic() > self.deadline
+
     def emit(self, kind: str, reason: str, message: str) -> None:
         self.events.append(Event(kind, reason, message))
 
@@ -535,5 +544,6 @@ def reconcile(
     cluster: Cluster,
     storage_for: StorageFactory,
     now: dt.datetime | None = None,
+    budget: float | None = None,
 ) -> TickResult:
-    return Tick(resource, cluster, storage_for, now).run()
+    return Tick(resource, cluster, storage_for, now, budget).run()

@@ -200,6 +200,24 @@ def quarantine_conditions(
     ]
 
 
+def degraded(status: Mapping[str, Any], message: str, now: dt.datetime) -> dict[str, Any]:
+    """The status after a tick that failed on S3 or the API: everything as it was, the
+    message saying why, and a Degraded condition (dropped by the next successful tick)."""
+    kept = [p for p in status.get("conditions") or [] if p.get("type") != c.COND_DEGRADED]
+    old: Mapping[str, Any] = next(
+        (p for p in status.get("conditions") or [] if p.get("type") == c.COND_DEGRADED), {}
+    )
+    condition = {
+        "type": c.COND_DEGRADED,
+        "status": "True",
+        "reason": c.REASON_TEMPORARY_ERROR,
+        "message": message,
+        "observedGeneration": status.get("observedGeneration", 0),
+        "lastTransitionTime": old.get("lastTransitionTime") or iso(now),
+    }
+    return {**status, "message": message, "conditions": [*kept, condition]}
+
+
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON merge patch turning `old` status into `new`: keys gone from `new` become None.
 
