@@ -50,6 +50,9 @@ class BenchCluster:
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         return None
 
+    def read_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        return None
+
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         return None
 

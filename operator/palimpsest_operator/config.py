@@ -14,6 +14,10 @@ def _float(name: str, default: float) -> float:
     return float(value) if value else default
 
 
+def _strings(name: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in os.environ.get(name, "").split(",") if v.strip())
+
+
 def _int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
@@ -49,6 +53,14 @@ class OperatorConfig:
     retry_slots: int = _int("PALIMPSEST_RETRY_SLOTS", 2)
     """Ticks of jobs whose last tick failed that may run at once (PALIMPSEST_RETRY_SLOTS), of
     the 8 tick threads: the other threads stay free for healthy jobs."""
+    allowed_image_prefixes: tuple[str, ...] = _strings("PALIMPSEST_ALLOWED_IMAGE_PREFIXES")
+    """Comma-separated prefixes every image of a RewriteJob's pods must start with, sidecars
+    included (PALIMPSEST_ALLOWED_IMAGE_PREFIXES, e.g. `ghcr.io/palimpsest-dev/`); empty allows
+    any image. See trust.py and manifests/README.md."""
+    secret_refs: str = os.environ.get("PALIMPSEST_SECRET_REFS") or "any"
+    """Whether RewriteJobs may name Secrets (PALIMPSEST_SECRET_REFS): `never`, `labelled`
+    (only Secrets labelled palimpsest.dev/usable: "true") or `any` (the default, as before
+    this setting existed)."""
 
 
 CONFIG = OperatorConfig()

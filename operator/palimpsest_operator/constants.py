@@ -55,6 +55,7 @@ COND_MARKERS_QUARANTINED: Final = "MarkersQuarantined"  # unreadable markers mov
 
 # Condition and Event reasons.
 REASON_INVALID_SPEC: Final = "InvalidSpec"
+REASON_DENIED: Final = "Denied"  # the spec names an image or Secret the operator's settings refuse
 REASON_PLANNED: Final = "Planned"
 REASON_PLAN_FAILED: Final = "PlanFailed"
 REASON_STORAGE_ERROR: Final = "StorageError"

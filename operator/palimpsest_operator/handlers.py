@@ -31,6 +31,7 @@ from palimpsest_operator.kube import KubeCluster, load_config
 from palimpsest_operator.reconcile import StorageFactory, reconcile
 from palimpsest_operator.status import degraded, merge_patch
 from palimpsest_operator.storage import JobStorage, job_storage
+from palimpsest_operator.trust import TrustPolicy
 
 TEMPORARY: tuple[type[BaseException], ...] = (
     StorageError,
@@ -44,6 +45,7 @@ TEMPORARY: tuple[type[BaseException], ...] = (
 _STORAGES: dict[tuple[Any, ...], JobStorage] = {}
 _STORAGES_LOCK = threading.Lock()
 _CLUSTER: list[KubeCluster] = []
+TRUST = TrustPolicy(CONFIG.allowed_image_prefixes, CONFIG.secret_refs)
 BACKOFF = Backoff(CONFIG.tick_seconds, CONFIG.backoff_max_seconds, CONFIG.retry_slots)
 
 
@@ -108,7 +110,9 @@ def guarded_tick(
     if not backoff.admit(key, time.monotonic()):
         return None
     try:
-        result = reconcile(resource, kube, storages, budget=CONFIG.tick_budget_seconds)
+        result = reconcile(
+            resource, kube, storages, budget=CONFIG.tick_budget_seconds, policy=TRUST
+        )
     except TEMPORARY as exc:
         # S3 or the API server failed or did not answer: say so in status and back off; the
         # counting checkpoint is untouched, so nothing is lost or counted twice.

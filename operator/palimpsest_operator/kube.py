@@ -35,15 +35,24 @@ class KubeCluster:
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
 
-    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+    def _secret(self, namespace: str, name: str) -> Any | None:
         try:
-            secret = self.core.read_namespaced_secret(name, namespace)
+            return self.core.read_namespaced_secret(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        secret = self._secret(namespace, name)
+        if secret is None:
+            return None
         data = secret.data or {}
         return {k: base64.b64decode(v).decode("utf-8") for k, v in data.items()}
+
+    def read_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        secret = self._secret(namespace, name)
+        return None if secret is None else dict(secret.metadata.labels or {})
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         try:

@@ -58,6 +58,7 @@ from palimpsest_operator.status import (
     totals,
 )
 from palimpsest_operator.storage import JobStorage
+from palimpsest_operator.trust import TrustPolicy, denial
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,10 @@ class Tick:
         storage_for: StorageFactory,
         now: dt.datetime | None = None,
         budget: float | None = None,
+        policy: TrustPolicy | None = None,
     ) -> None:
         self.res = resource
+        self.policy = policy or TrustPolicy()
         self.deadline = None if budget is None else time.monotonic() + budget
         """Marker reads not started by then are left to the next tick."""
         self.cluster = cluster
@@ -117,6 +120,9 @@ class Tick:
             placement = parse_placement(self.res.manifest)
         except ValueError as exc:
             return self.finish(c.FAILED, c.REASON_INVALID_SPEC, str(exc))
+        refused = denial(placement, self.policy, self.secret_labels)
+        if refused:
+            return self.finish(c.FAILED, c.REASON_DENIED, refused)
         credentials: dict[str, str] | None = None
         if placement.storage_secret:
             credentials = self.cluster.read_secret(self.res.namespace, placement.storage_secret)
@@ -482,6 +488,9 @@ class Tick:
             elif v.state == c.STAGE_FAILED:
                 self.emit("Warning", c.REASON_SHARDS_FAILED, f"{v.kind} ({v.stage_id}) failed")
 
+    def secret_labels(self, name: str) -> dict[str, str] | None:
+        return self.cluster.read_secret_labels(self.res.namespace, name)
+
     def past_deadline(self) -> bool:
         """The tick's budget ran out: some markers may have been left unread."""
         return self.deadline is not None and time.monotonic() > self.deadline
@@ -545,5 +554,6 @@ def reconcile(
     storage_for: StorageFactory,
     now: dt.datetime | None = None,
     budget: float | None = None,
+    policy: TrustPolicy | None = None,
 ) -> TickResult:
-    return Tick(resource, cluster, storage_for, now, budget).run()
+    return Tick(resource, cluster, storage_for, now, budget, policy).run()

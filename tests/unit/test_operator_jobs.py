@@ -43,14 +43,20 @@ SPEC: dict[str, Any] = {
 }
 
 
-def build(stages: tuple[StageRef, ...], total: int = 10, **changes: Any) -> dict[str, Any]:
-    body = copy.deepcopy(SPEC)
+def with_changes(spec: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A copy of a manifest with `a__b__c=value` set at spec.a.b.c."""
+    body = copy.deepcopy(spec)
     for path, value in changes.items():
         node = body["spec"]
         keys = path.split("__")
         for key in keys[:-1]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
+    return body
+
+
+def build(stages: tuple[StageRef, ...], total: int = 10, **changes: Any) -> dict[str, Any]:
+    body = with_changes(SPEC, **changes)
     work = StageJob(parse_job(body), parse_placement(body), OWNER, DOCUMENT, stages, total)
     return stage_job(work)
 

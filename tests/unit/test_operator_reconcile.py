@@ -29,6 +29,7 @@ from palimpsest_operator.progress import parse_indexes
 from palimpsest_operator.reconcile import reconcile
 from palimpsest_operator.status import merge_patch
 from palimpsest_operator.storage import QUARANTINE_DIR, JobStorage
+from palimpsest_operator.trust import TrustPolicy
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -42,9 +43,13 @@ class FakeCluster:
         self.secrets: dict[str, dict[str, str]] = {}
         self.config_maps: dict[str, dict[str, str]] = {}
         self.failed_pods: dict[str, list[FailedPod]] = {}
+        self.secret_labels: dict[str, dict[str, str]] = {}
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         return self.secrets.get(name)
+
+    def read_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.secret_labels.get(name)
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         return self.config_maps.get(name)
@@ -116,6 +121,7 @@ class Harness:
             },
         }
         self.status: dict[str, Any] = {}
+        self.policy = TrustPolicy()
 
     def tick(self) -> TickResult:
         result = reconcile(
@@ -123,6 +129,7 @@ class Harness:
             self.cluster,
             local_storage,
             now=NOW,
+            policy=self.policy,
         )
         patch = merge_patch(self.status, result.status)
         self.status = apply_merge_patch(self.status, patch)
