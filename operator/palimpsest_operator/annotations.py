@@ -1,7 +1,8 @@
 """The actions a user asks for with annotations on a RewriteJob, each taken once per value.
 
 - `palimpsest.dev/retry-failed: <new value>` on a Failed job: new Jobs (attempt + 1) for the
-  stages not yet complete; committed shards are skipped by the workers.
+  stages not yet complete, each over only the shards its stages have not committed (a shard
+  list its indexes count through), so no pod is scheduled for finished work.
 - `palimpsest.dev/rerun: <new value>`: first every Job of the previous run is deleted and
   waited for (no old pod may commit into the rerun); then every stage's markers and chunk
   checkpoints are removed and everything runs again under a new attempt; the counts start
@@ -12,6 +13,7 @@ annotation does nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +21,11 @@ from typing import Any
 from palimpsest.commit import MARKERS
 from palimpsest.identity import StageRef
 from palimpsest.rewrite.checkpoint import CHECKPOINTS
-from palimpsest.storage import ObjectInfo, StorageError, Store, join
+from palimpsest.storage import ObjectInfo, StorageError, Store, create_object, join
 from palimpsest_operator import constants as c
 from palimpsest_operator.cluster import Event
+from palimpsest_operator.jobs import ShardList
+from palimpsest_operator.progress import Tally
 
 
 @dataclass(frozen=True)
@@ -95,3 +99,26 @@ def _listing(store: Store, prefix: str) -> list[ObjectInfo]:
         return store.list(prefix + "/")
     except StorageError:  # a local folder that was never written: nothing to delete
         return []
+
+
+def retry_list(store: Store, output_uri: str, job_name: str, tallies: Sequence[Tally]) -> ShardList:
+    """The shards a retry Job runs: those some stage of its group has not committed. Fixed by
+    the first tick that creates the Job; later ticks read the same list back."""
+    uri = join(output_uri, c.RETRIES_DIR, f"{job_name}.json")
+    missing = sorted({s for t in tallies for s in t.missing(range(t.total))})
+    existing = create_object(store, uri, json.dumps(missing).encode())
+    return ShardList(uri, tuple(missing) if existing is None else parse_shard_list(uri, existing))
+
+
+def read_shard_list(store: Store, uri: str) -> list[int]:
+    return list(parse_shard_list(uri, store.read_bytes(uri)))
+
+
+def parse_shard_list(uri: str, data: bytes) -> tuple[int, ...]:
+    try:
+        shards = json.loads(data)
+    except ValueError:
+        shards = None
+    if not isinstance(shards, list) or not all(type(s) is int for s in shards):
+        raise StorageError(f"{uri}: not a JSON list of shard numbers")
+    return tuple(shards)

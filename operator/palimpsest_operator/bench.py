@@ -32,6 +32,7 @@ from palimpsest.names import API_VERSION, KIND, PLANS_DIR
 from palimpsest.stats import Stats
 from palimpsest.storage import S3Settings, join, store_for
 from palimpsest_operator.cluster import JobView, Resource
+from palimpsest_operator.evictions import FailedPod
 from palimpsest_operator.inputs import plan_key
 from palimpsest_operator.reconcile import reconcile
 from palimpsest_operator.status import merge_patch
@@ -49,6 +50,9 @@ class BenchCluster:
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         return None
 
+    def read_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        return None
+
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         return None
 
@@ -64,6 +68,9 @@ class BenchCluster:
 
     def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
         pass
+
+    def list_failed_pods(self, namespace: str, job: str) -> list[FailedPod]:
+        return []
 
 
 def bench_job(output_uri: str) -> Job:

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from palimpsest_operator.evictions import FailedPod
+
 
 @dataclass(frozen=True)
 class JobView:
@@ -28,6 +30,8 @@ class JobView:
     shards_per_index: int = 1
     deleting: bool = False
     """Deletion was asked for; the Job stays until its pods have stopped (foreground)."""
+    shard_list: str | None = None
+    """The URI of the shard list a retry Job's indexes count through (None: the plan)."""
 
 
 class Cluster(Protocol):
@@ -37,6 +41,8 @@ class Cluster(Protocol):
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None: ...
 
+    def read_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None: ...
+
     def list_jobs(self, namespace: str, owner: str) -> list[JobView]: ...
 
     def create_job(self, manifest: dict[str, Any]) -> bool: ...
@@ -44,6 +50,8 @@ class Cluster(Protocol):
     def delete_job(self, namespace: str, name: str) -> None: ...
 
     def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None: ...
+
+    def list_failed_pods(self, namespace: str, job: str) -> list[FailedPod]: ...
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ ANNOTATION_RETRY_FAILED: Final = f"{GROUP}/retry-failed"  # re-run only uncommit
 # Annotations the operator sets on the Jobs it creates.
 ANNOTATION_STAGE_IDS: Final = f"{GROUP}/stage-ids"  # the ids of the stages the Job runs
 ANNOTATION_SHARDS_PER_INDEX: Final = f"{GROUP}/shards-per-index"  # plan shards per Job index
+ANNOTATION_SHARD_LIST: Final = f"{GROUP}/shard-list"  # the shards a retry Job's indexes run
 
 # Phases (status.phase).
 PENDING: Final = "Pending"
@@ -49,9 +50,12 @@ COND_PROGRESSING: Final = "Progressing"
 COND_FAILED: Final = "Failed"
 COND_SUSPENDED: Final = "Suspended"
 COND_WAITING_FOR_ADMISSION: Final = "WaitingForAdmission"
+COND_DEGRADED: Final = "Degraded"  # the last tick failed on S3 or the API; retried with backoff
+COND_MARKERS_QUARANTINED: Final = "MarkersQuarantined"  # unreadable markers moved aside
 
 # Condition and Event reasons.
 REASON_INVALID_SPEC: Final = "InvalidSpec"
+REASON_DENIED: Final = "Denied"  # the spec names an image or Secret the operator's settings refuse
 REASON_PLANNED: Final = "Planned"
 REASON_PLAN_FAILED: Final = "PlanFailed"
 REASON_STORAGE_ERROR: Final = "StorageError"
@@ -69,6 +73,9 @@ REASON_STALE_JOB_DELETED: Final = "StaleJobDeleted"
 REASON_RETRYING: Final = "RetryingFailedShards"
 REASON_RERUN: Final = "Rerun"
 REASON_WRITING_MANIFEST: Final = "WritingManifest"
+REASON_TEMPORARY_ERROR: Final = "TemporaryError"
+REASON_MARKER_QUARANTINED: Final = "MarkerQuarantined"
+REASON_INDEX_GIVEN_UP: Final = "IndexGivenUp"  # evicted by the kubelet past its retries
 
 # Stage states (status.stages[].state).
 STAGE_WAITING: Final = "Waiting"
@@ -93,3 +100,4 @@ S3_OPTIONAL_SECRET_KEYS: Final = ("AWS_SESSION_TOKEN",)
 # Where the operator keeps plans and manifests under the job's output URI.
 PLANS_DIR: Final = names.PLANS_DIR
 MANIFESTS_DIR: Final = names.MANIFESTS_DIR
+RETRIES_DIR: Final = "_retries"  # the shard lists of retry Jobs (`<job name>.json`)

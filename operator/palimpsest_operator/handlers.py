@@ -9,6 +9,7 @@ deletes its Jobs through their owner references; outputs on S3 stay.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -23,12 +24,14 @@ from palimpsest.job import Job
 from palimpsest.storage import StorageError, is_s3
 from palimpsest_operator import constants as c
 from palimpsest_operator import metrics
-from palimpsest_operator.cluster import Resource
+from palimpsest_operator.backoff import Backoff
+from palimpsest_operator.cluster import Cluster, Resource, TickResult
 from palimpsest_operator.config import CONFIG
 from palimpsest_operator.kube import KubeCluster, load_config
-from palimpsest_operator.reconcile import reconcile
-from palimpsest_operator.status import merge_patch
+from palimpsest_operator.reconcile import StorageFactory, reconcile
+from palimpsest_operator.status import degraded, merge_patch
 from palimpsest_operator.storage import JobStorage, job_storage
+from palimpsest_operator.trust import TrustPolicy
 
 TEMPORARY: tuple[type[BaseException], ...] = (
     StorageError,
@@ -42,6 +45,8 @@ TEMPORARY: tuple[type[BaseException], ...] = (
 _STORAGES: dict[tuple[Any, ...], JobStorage] = {}
 _STORAGES_LOCK = threading.Lock()
 _CLUSTER: list[KubeCluster] = []
+TRUST = TrustPolicy(CONFIG.allowed_image_prefixes, CONFIG.secret_refs)
+BACKOFF = Backoff(CONFIG.tick_seconds, CONFIG.backoff_max_seconds, CONFIG.retry_slots)
 
 
 def storage_for(job: Job, credentials: Mapping[str, str] | None) -> JobStorage:
@@ -80,24 +85,45 @@ def tick(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> N
     started = time.monotonic()
     old_status = dict(body.get("status") or {})
     resource = Resource(manifest=dict(body), status=old_status)
-    try:
-        result = reconcile(resource, cluster(), storage_for)
-    except TEMPORARY as exc:
-        # S3 or the API server hiccuped: say so in status and try again next tick; the
-        # counting checkpoint is untouched, so nothing is lost or counted twice.
-        message = f"temporary error, retrying: {type(exc).__name__}: {exc}"[:1000]
-        if old_status.get("message") != message:
-            patch.status["message"] = message
-        raise kopf.TemporaryError(message, delay=CONFIG.tick_seconds) from exc
-    changes = merge_patch(old_status, result.status)
+    outcome = guarded_tick(resource, cluster(), storage_for, BACKOFF)
+    if outcome is None:
+        return
+    changes = merge_patch(old_status, outcome.status)
     if changes:
         patch.status.update(changes)
-    for event in result.events:
+    for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         logger.info("%s: %s", event.reason, event.message)
+    if old_status.get("message") != outcome.status.get("message"):
+        logger.info("%s", outcome.status.get("message"))
     meta = body.get("metadata") or {}
-    metrics.observe(str(meta.get("namespace")), str(meta.get("name")), result.status)
+    metrics.observe(str(meta.get("namespace")), str(meta.get("name")), outcome.status)
     metrics.TICK_SECONDS.observe(time.monotonic() - started)
+
+
+def guarded_tick(
+    resource: Resource, kube: Cluster, storages: StorageFactory, backoff: Backoff
+) -> TickResult | None:
+    """One tick of one RewriteJob under its time budget and its backoff: None while the job
+    waits after a failed tick (the thread goes to other RewriteJobs meanwhile)."""
+    key = (resource.namespace, resource.name)
+    if not backoff.admit(key, time.monotonic()):
+        return None
+    try:
+        result = reconcile(
+            resource, kube, storages, budget=CONFIG.tick_budget_seconds, policy=TRUST
+        )
+    except TEMPORARY as exc:
+        # S3 or the API server failed or did not answer: say so in status and back off; the
+        # counting checkpoint is untouched, so nothing is lost or counted twice.
+        delay = backoff.failed(key, time.monotonic())
+        message = f"temporary error, retrying in {delay:.0f}s: {type(exc).__name__}: {exc}"
+        now = dt.datetime.now(dt.UTC)
+        return TickResult(degraded(resource.status, message[:1000], now))
+    finally:
+        backoff.release(key)
+    backoff.succeeded(key)
+    return result
 
 
 @kopf.on.delete(c.GROUP, c.VERSION, c.PLURAL, optional=True)

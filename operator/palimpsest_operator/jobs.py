@@ -23,6 +23,7 @@ from palimpsest.identity import StageRef
 from palimpsest.job import Job
 from palimpsest.stages.registry import STAGES, Runner
 from palimpsest_operator import constants as c
+from palimpsest_operator.evictions import give_up_prefix
 from palimpsest_operator.placement import Placement, PodTemplate, PoolPlacement, Resources
 
 MAX_NAME: Final = 63
@@ -69,6 +70,14 @@ class Owner:
 
 
 @dataclass(frozen=True)
+class ShardList:
+    """Some of the plan's shards, written at `uri` as a JSON list for the workers to read."""
+
+    uri: str
+    shards: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class StageJob:
     """What one Job runs: a group of the job's stages over the plan's shards."""
 
@@ -79,6 +88,8 @@ class StageJob:
     stages: tuple[StageRef, ...]
     total_shards: int
     attempt: int = 0
+    only: ShardList | None = None
+    """The shards a retry Job runs (its indexes count through them); None: every shard."""
 
     @property
     def runner(self) -> Runner:
@@ -133,6 +144,8 @@ def stage_job(work: StageJob) -> dict[str, Any]:
         ",".join(s.kind for s in work.stages),
         "--shards-per-index",
         str(block),
+        "--give-up",
+        give_up_prefix(work.job.output_uri, work.name),
     ]
     pod = PodParts(env=[*_cache_env(), *_s3_env(work.job, work.placement)])
     if work.runner is Runner.RECORDS:
@@ -154,12 +167,17 @@ def stage_job(work: StageJob) -> dict[str, Any]:
     pod.env = _merge_env(pod.env, patch.env)
     pod.volumes += [dict(v) for v in patch.volumes]
     pod.mounts += [dict(m) for m in patch.volume_mounts]
-    container = _container(work.pool, args, pod)
-    indexes = math.ceil(work.total_shards / block)
     annotations = {
         c.ANNOTATION_STAGE_IDS: ",".join(s.stage_id for s in work.stages),
         c.ANNOTATION_SHARDS_PER_INDEX: str(block),
     }
+    shards = work.total_shards
+    if work.only is not None:
+        args += ["--shard-list", work.only.uri]
+        annotations[c.ANNOTATION_SHARD_LIST] = work.only.uri
+        shards = len(work.only.shards)
+    container = _container(work.pool, args, pod)
+    indexes = math.ceil(shards / block)
     spec = _patch_pod_spec(_pod_spec(work.pool, container, pod.volumes), patch)
     return _indexed_job(work, indexes, spec, annotations)
 
@@ -258,7 +276,7 @@ def _indexed_job(
         pod_meta["annotations"] = dict(patch.annotations)
     if placement.queue_name:
         labels[c.LABEL_KUEUE_QUEUE] = placement.queue_name
-    return {
+    job: dict[str, Any] = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
@@ -277,6 +295,8 @@ def _indexed_job(
             "podReplacementPolicy": "Failed",
             "podFailurePolicy": {
                 "rules": [
+                    # Rules cannot match a condition's reason: every disruption is ignored here
+                    # and the operator counts kubelet evictions itself (evictions.py).
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
                     {
                         "action": "FailIndex",
@@ -293,6 +313,9 @@ def _indexed_job(
             "template": {"metadata": pod_meta, "spec": pod},
         },
     }
+    if work.pool.active_deadline_seconds is not None:
+        job["spec"]["activeDeadlineSeconds"] = work.pool.active_deadline_seconds
+    return job
 
 
 def _pod_spec(

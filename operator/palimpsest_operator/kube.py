@@ -16,6 +16,10 @@ from kubernetes.client.exceptions import ApiException
 
 from palimpsest_operator import constants as c
 from palimpsest_operator.cluster import JobView
+from palimpsest_operator.evictions import FailedPod
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 def load_config() -> None:
@@ -31,15 +35,24 @@ class KubeCluster:
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
 
-    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+    def _secret(self, namespace: str, name: str) -> Any | None:
         try:
-            secret = self.core.read_namespaced_secret(name, namespace)
+            return self.core.read_namespaced_secret(name, namespace)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        secret = self._secret(namespace, name)
+        if secret is None:
+            return None
         data = secret.data or {}
         return {k: base64.b64decode(v).decode("utf-8") for k, v in data.items()}
+
+    def read_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        secret = self._secret(namespace, name)
+        return None if secret is None else dict(secret.metadata.labels or {})
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
@@ -77,6 +90,27 @@ class KubeCluster:
     def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
         self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspended}})
 
+    def list_failed_pods(self, namespace: str, job: str) -> list[FailedPod]:
+        pods = self.core.list_namespaced_pod(
+            namespace,
+            label_selector=f"{JOB_NAME_LABEL}={job}",
+            field_selector="status.phase=Failed",
+        )
+        return [_failed_pod(pod) for pod in pods.items]
+
+
+def _failed_pod(pod: Any) -> FailedPod:
+    annotations = pod.metadata.annotations or {}
+    reason = next(
+        (
+            cond.reason or ""
+            for cond in pod.status.conditions or []
+            if cond.type == "DisruptionTarget" and cond.status == "True"
+        ),
+        None,
+    )
+    return FailedPod(int(annotations.get(INDEX_ANNOTATION, "-1")), reason)
+
 
 def _view(job: Any) -> JobView:
     status = job.status
@@ -96,4 +130,5 @@ def _view(job: Any) -> JobView:
         finished=finished,
         shards_per_index=int(annotations.get(c.ANNOTATION_SHARDS_PER_INDEX, "1")),
         deleting=job.metadata.deletion_timestamp is not None,
+        shard_list=annotations.get(c.ANNOTATION_SHARD_LIST),
     )

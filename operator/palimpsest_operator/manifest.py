@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from palimpsest.commit import OUTPUT_KIND
+from palimpsest.commit import OUTPUT_KIND, CorruptMarkerError
 from palimpsest.identity import StageRef
 from palimpsest.names import MANIFESTS_DIR
 from palimpsest.storage import join
@@ -108,6 +108,8 @@ def _write_list(
     lines: list[bytes] = []
     records = size = 0
     for marker in read_markers(storage, last.uri(output_uri), chunk):
+        if isinstance(marker, CorruptMarkerError):
+            raise marker  # counted once, so readable then: a storage fault, not a bad marker
         if marker is None:
             continue
         for part in marker.parts.get(OUTPUT_KIND, []):

@@ -106,6 +106,8 @@ class PoolPlacement:
     tolerations: tuple[Mapping[str, Any], ...] = ()
     priority_class: str | None = None
     pod_template: PodTemplate = field(default_factory=PodTemplate)
+    active_deadline_seconds: int | None = None
+    """Seconds the stage's Job may run in all, retries included (None: no limit)."""
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,7 @@ def _cpu(data: Mapping[str, Any], default: PoolPlacement) -> PoolPlacement:
         ),
         node_selector=dict(default.node_selector),
         pod_template=parse_pod_template(data.get("podTemplate"), "spec.filter.podTemplate"),
+        active_deadline_seconds=_deadline(data, "spec.filter"),
     )
 
 
@@ -238,10 +241,18 @@ def _gpu(data: Mapping[str, Any], default: RewritePlacement) -> RewritePlacement
             f"{where}.engine.modelCacheSize",
         ),
         pod_template=parse_pod_template(data.get("podTemplate"), f"{where}.podTemplate"),
+        active_deadline_seconds=_deadline(data, where),
         shards_per_pod=None
         if shards_per_pod is None
         else integer(shards_per_pod, f"{where}.shardsPerPod", minimum=1),
     )
+
+
+def _deadline(data: Mapping[str, Any], where: str) -> int | None:
+    value = data.get("activeDeadlineSeconds")
+    if value is None:
+        return None
+    return integer(value, f"{where}.activeDeadlineSeconds", minimum=1)
 
 
 def _secret_key(value: Any, where: str) -> SecretKey:

@@ -15,13 +15,14 @@ when most are done (or none are), about 17 kB at worst.
 from __future__ import annotations
 
 import base64
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from palimpsest.commit import Marker
+from palimpsest.commit import CorruptMarkerError, Marker
 from palimpsest.stats import Stats
 
 MARKER_READ_THREADS: Final = 16
@@ -112,17 +113,29 @@ class Tally:
 
 
 def advance(
-    tally: Tally, source: MarkerSource, stage_uri: str, candidates: Iterable[int], scan: bool = True
+    tally: Tally,
+    source: MarkerSource,
+    stage_uri: str,
+    candidates: Iterable[int],
+    scan: bool = True,
+    corrupt: list[CorruptMarkerError] | None = None,
+    deadline: float | None = None,
 ) -> int:
     """Count the markers of `candidates` not yet counted, plus one listing page; returns how
-    many shards were newly counted."""
+    many shards were newly counted. Unreadable markers are left uncounted and, when `corrupt`
+    is given, added to it (otherwise their error is raised). Reads not started by `deadline`
+    (time.monotonic) are left to the next tick."""
     to_read = tally.missing(candidates)
     if scan and not tally.complete:
         to_read += tally.missing(_scan(tally, source, stage_uri))
     to_read = sorted(set(to_read))[:MAX_READS_PER_TICK]
     added = 0
-    for marker in read_markers(source, stage_uri, to_read):
-        if marker is not None and tally.add(marker):
+    for marker in read_markers(source, stage_uri, to_read, deadline):
+        if isinstance(marker, CorruptMarkerError):
+            if corrupt is None:
+                raise marker
+            corrupt.append(marker)
+        elif marker is not None and tally.add(marker):
             added += 1
     return added
 
@@ -138,13 +151,25 @@ def _scan(tally: Tally, source: MarkerSource, stage_uri: str) -> list[int]:
 
 
 def read_markers(
-    source: MarkerSource, stage_uri: str, shards: Sequence[int]
-) -> Iterator[Marker | None]:
+    source: MarkerSource, stage_uri: str, shards: Sequence[int], deadline: float | None = None
+) -> Iterator[Marker | CorruptMarkerError | None]:
+    """The markers of `shards` in order: None where none exists or the read would start after
+    `deadline`, the error where one is unreadable (so one bad marker does not stop the others
+    from being counted)."""
+
+    def read(shard: int) -> Marker | CorruptMarkerError | None:
+        if deadline is not None and time.monotonic() > deadline:
+            return None
+        try:
+            return source.read_marker(stage_uri, shard)
+        except CorruptMarkerError as exc:
+            return exc
+
     if len(shards) <= 1:
-        yield from (source.read_marker(stage_uri, s) for s in shards)
+        yield from (read(s) for s in shards)
         return
     with ThreadPoolExecutor(MARKER_READ_THREADS) as pool:
-        yield from pool.map(lambda s: source.read_marker(stage_uri, s), shards)
+        yield from pool.map(read, shards)
 
 
 def parse_indexes(text: str | None) -> list[int]:
@@ -169,8 +194,13 @@ def count_indexes(text: str | None) -> int:
     return total
 
 
-def shards_of_indexes(indexes: Iterable[int], block: int, total: int) -> list[int]:
-    """The shards a set of Job indexes covers when each index handles `block` shards."""
+def shards_of_indexes(
+    indexes: Iterable[int], block: int, total: int, order: Sequence[int] | None = None
+) -> list[int]:
+    """The shards a set of Job indexes covers when each index handles `block` shards: of the
+    plan, or of `order` (the shard list of a Job that retries only some shards)."""
+    if order is not None:
+        return [s for i in indexes for s in order[i * block : (i + 1) * block]]
     return [s for i in indexes for s in range(i * block, min((i + 1) * block, total))]
 
 

@@ -18,17 +18,25 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from palimpsest.commit import CorruptMarkerError
 from palimpsest.identity import StageRef
 from palimpsest.job import Job, parse_job
 from palimpsest.stages.registry import Runner, groups
 from palimpsest_operator import constants as c
 from palimpsest_operator import jobs as builders
-from palimpsest_operator.annotations import requested, rerun_pending
+from palimpsest_operator.annotations import (
+    read_shard_list,
+    requested,
+    rerun_pending,
+    retry_list,
+)
 from palimpsest_operator.cluster import Cluster, Event, JobView, Resource, TickResult
+from palimpsest_operator.evictions import exhausted_indexes, give_up_uri
 from palimpsest_operator.inputs import ensure_document, ensure_plan, load_prompts
 from palimpsest_operator.manifest import ManifestProgress, manifest_uri, write_manifest_step
 from palimpsest_operator.placement import Placement, parse_placement
@@ -44,11 +52,13 @@ from palimpsest_operator.status import (
     conditions,
     current_shards,
     iso,
+    quarantine_conditions,
     rates,
     stage_entry,
     totals,
 )
 from palimpsest_operator.storage import JobStorage
+from palimpsest_operator.trust import TrustPolicy, denial
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,8 @@ class GroupRun:
     tallies: list[Tally]
     added: int = 0
     """Shards newly counted this tick (a finished Job may still be being counted)."""
+    order: list[int] | None = None
+    """The shard list the Job's indexes count through (a retry Job), None: the plan."""
 
     @property
     def label(self) -> str:
@@ -85,8 +97,13 @@ class Tick:
         cluster: Cluster,
         storage_for: StorageFactory,
         now: dt.datetime | None = None,
+        budget: float | None = None,
+        policy: TrustPolicy | None = None,
     ) -> None:
         self.res = resource
+        self.policy = policy or TrustPolicy()
+        self.deadline = None if budget is None else time.monotonic() + budget
+        """Marker reads not started by then are left to the next tick."""
         self.cluster = cluster
         self.storage_for = storage_for
         self.now = now or dt.datetime.now(dt.UTC)
@@ -103,6 +120,9 @@ class Tick:
             placement = parse_placement(self.res.manifest)
         except ValueError as exc:
             return self.finish(c.FAILED, c.REASON_INVALID_SPEC, str(exc))
+        refused = denial(placement, self.policy, self.secret_labels)
+        if refused:
+            return self.finish(c.FAILED, c.REASON_DENIED, refused)
         credentials: dict[str, str] | None = None
         if placement.storage_secret:
             credentials = self.cluster.read_secret(self.res.namespace, placement.storage_secret)
@@ -193,12 +213,15 @@ class Tick:
                     for r in work.stages
                 ],
             )
+            if run.view is not None and run.view.shard_list:
+                run.order = read_shard_list(storage.store, run.view.shard_list)
             if not blocked:
                 self.count(run, storage, checkpoint)
             state = c.STAGE_SUCCEEDED if run.complete else c.STAGE_WAITING
             if not run.complete and not blocked:
                 blocked = True
-                phase, reason, message, state = self.drive(run, placement)
+                self.give_up_evicted(run, placement.retries.per_shard, storage)
+                phase, reason, message, state = self.drive(run, placement, storage)
                 outcome = (phase, reason, message)
             for ref, tally in zip(work.stages, run.tallies, strict=True):
                 own = c.STAGE_SUCCEEDED if tally.complete else state
@@ -225,12 +248,44 @@ class Tick:
         candidates = []
         if view is not None:
             completed = parse_indexes(view.completed_indexes)
-            candidates = shards_of_indexes(completed, view.shards_per_index, run.work.total_shards)
+            candidates = shards_of_indexes(
+                completed, view.shards_per_index, run.work.total_shards, run.order
+            )
         for ref, tally in zip(run.work.stages, run.tallies, strict=True):
             scan = needs_scan(view, ref.stage_id in checkpoint, tally)
-            run.added += advance(tally, storage, ref.uri(run.work.job.output_uri), candidates, scan)
+            uri = ref.uri(run.work.job.output_uri)
+            corrupt: list[CorruptMarkerError] = []
+            run.added += advance(tally, storage, uri, candidates, scan, corrupt, self.deadline)
+            for error in corrupt:
+                aside = storage.quarantine(uri, error)
+                self.emit(
+                    "Warning",
+                    c.REASON_MARKER_QUARANTINED,
+                    f"{error.uri}: unreadable marker moved to {aside}; shard {error.shard} "
+                    "runs again",
+                )
+            self.note_quarantined(ref.stage_id, tally, [e.shard for e in corrupt])
 
-    def drive(self, run: GroupRun, placement: Placement) -> tuple[str, str, str, str]:
+    def note_quarantined(self, stage_id: str, tally: Tally, shards: Sequence[int]) -> None:
+        """Keep the quarantined shards of a stage in status until they are committed again."""
+        before = (self.old.get("quarantined") or {}).get(stage_id) or []
+        pending = sorted(set(tally.missing([*before, *shards])))
+        if pending:
+            self.status.setdefault("quarantined", {})[stage_id] = pending
+
+    def requeue_quarantined(self, run: GroupRun) -> int:
+        """Shards of the group still missing after quarantine; when its Job has finished
+        without them, the next tick runs them under a new attempt (a Job over them only)."""
+        quarantined = self.status.get("quarantined") or {}
+        missing = {s for ref in run.work.stages for s in quarantined.get(ref.stage_id, [])}
+        if missing:
+            retried = self.status["retried"]
+            retried["attempt"] = run.work.attempt + 1
+        return len(missing)
+
+    def drive(
+        self, run: GroupRun, placement: Placement, storage: JobStorage
+    ) -> tuple[str, str, str, str]:
         """Move the first incomplete stage group on; returns (phase, reason, message, state).
 
         A finished Job whose stage still misses markers failed, unless it completed cleanly
@@ -239,6 +294,10 @@ class Tick:
         work, view = run.work, run.view
         running_phase = c.REWRITING if work.runner is Runner.LLM else c.FILTERING
         if view is None:
+            if work.attempt and any(t.count for t in run.tallies):
+                # A retry: its Job runs only the shards not committed yet.
+                only = retry_list(storage.store, work.job.output_uri, work.name, run.tallies)
+                work = replace(work, only=only)
             if self.cluster.create_job(builders.stage_job(work)):
                 self.emit(
                     "Normal", c.REASON_JOB_CREATED, f"created Job {work.name} for {run.label}"
@@ -249,7 +308,13 @@ class Tick:
         else:
             self.follow_suspend(view, placement)
             failed = count_indexes(view.failed_indexes)
-            still_counting = view.finished == "Complete" and not failed and run.added > 0
+            counting = run.added > 0 or self.past_deadline()
+            still_counting = view.finished == "Complete" and not failed and counting
+            if view.finished is not None and not still_counting:
+                requeued = self.requeue_quarantined(run)
+                if requeued:
+                    message = f"{run.label}: re-running {requeued} shards with unreadable markers"
+                    return running_phase, c.REASON_MARKER_QUARANTINED, message, c.STAGE_RUNNING
             if view.finished is not None and not still_counting:
                 done = min(t.count for t in run.tallies)
                 return (
@@ -278,6 +343,23 @@ class Tick:
             )
         message = f"{run.label} running as Job {work.name}"
         return running_phase, c.REASON_STAGE_RUNNING, message, state
+
+    def give_up_evicted(self, run: GroupRun, retries: int, storage: JobStorage) -> None:
+        """Give up the indexes of the running Job that the kubelet evicted past their retries
+        (evictions.py); each is announced once, when its give-up object is first written."""
+        view = run.view
+        if view is None or view.finished is not None:
+            return
+        pods = self.cluster.list_failed_pods(self.res.namespace, view.name)
+        for index in exhausted_indexes(pods, retries):
+            uri = give_up_uri(run.work.job.output_uri, view.name, index)
+            if storage.store.put_bytes(uri, b"{}", if_absent=True):
+                self.emit(
+                    "Warning",
+                    c.REASON_INDEX_GIVEN_UP,
+                    f"{run.label}: Job {view.name} index {index} failed more than "
+                    f"{retries} times with node-pressure evictions; giving it up",
+                )
 
     def follow_suspend(self, view: JobView, placement: Placement) -> None:
         """Suspend or resume the Job as spec.suspend says; a queued Job is only ever
@@ -320,7 +402,7 @@ class Tick:
             state=state,
             tally=tally,
             running=running_shards(jv, tally) if state not in c.STAGE_DONE else 0,
-            failed=failed_shards(jv, tally),
+            failed=failed_shards(jv, tally, run.order),
             started_at=started,
             finished_at=finished,
         )
@@ -406,6 +488,13 @@ class Tick:
             elif v.state == c.STAGE_FAILED:
                 self.emit("Warning", c.REASON_SHARDS_FAILED, f"{v.kind} ({v.stage_id}) failed")
 
+    def secret_labels(self, name: str) -> dict[str, str] | None:
+        return self.cluster.read_secret_labels(self.res.namespace, name)
+
+    def past_deadline(self) -> bool:
+        """The tick's budget ran out: some markers may have been left unread."""
+        return self.deadline is not None and time.monotonic() > self.deadline
+
     def emit(self, kind: str, reason: str, message: str) -> None:
         self.events.append(Event(kind, reason, message))
 
@@ -418,6 +507,11 @@ class Tick:
         self.status["observedGeneration"] = self.res.generation
         self.status["conditions"] = conditions(
             phase, reason, message, self.res.generation, self.old.get("conditions") or [], self.now
+        ) + quarantine_conditions(
+            self.status.get("quarantined") or {},
+            self.res.generation,
+            self.old.get("conditions") or [],
+            self.now,
         )
         if not self.reached_stages:
             # An early stop (bad spec, missing Secret) keeps the counts of the last full pass.
@@ -434,11 +528,12 @@ def running_shards(jv: JobView | None, tally: Tally) -> int:
     return min(jv.active * jv.shards_per_index, tally.total - tally.count)
 
 
-def failed_shards(jv: JobView | None, tally: Tally) -> int:
+def failed_shards(jv: JobView | None, tally: Tally, order: list[int] | None = None) -> int:
     """Uncommitted shards of the Job's failed indexes."""
     if jv is None:
         return 0
-    failed = shards_of_indexes(parse_indexes(jv.failed_indexes), jv.shards_per_index, tally.total)
+    indexes = parse_indexes(jv.failed_indexes)
+    failed = shards_of_indexes(indexes, jv.shards_per_index, tally.total, order)
     return len(tally.missing(failed))
 
 
@@ -458,5 +553,7 @@ def reconcile(
     cluster: Cluster,
     storage_for: StorageFactory,
     now: dt.datetime | None = None,
+    budget: float | None = None,
+    policy: TrustPolicy | None = None,
 ) -> TickResult:
-    return Tick(resource, cluster, storage_for, now).run()
+    return Tick(resource, cluster, storage_for, now, budget, policy).run()

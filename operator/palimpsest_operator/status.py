@@ -169,6 +169,55 @@ def conditions(
     return out
 
 
+def quarantine_conditions(
+    quarantined: Mapping[str, Sequence[int]],
+    generation: int,
+    previous: Sequence[Mapping[str, Any]],
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """A MarkersQuarantined condition while shards whose marker was unreadable (and moved
+    aside) have not been committed again; it keeps its transition time while it holds."""
+    if not quarantined:
+        return []
+    since = next(
+        (
+            p.get("lastTransitionTime")
+            for p in previous
+            if p.get("type") == c.COND_MARKERS_QUARANTINED
+        ),
+        None,
+    )
+    named = "; ".join(f"{stage}: shards {list(shards)}" for stage, shards in quarantined.items())
+    return [
+        {
+            "type": c.COND_MARKERS_QUARANTINED,
+            "status": "True",
+            "reason": c.REASON_MARKER_QUARANTINED,
+            "message": f"unreadable markers moved aside, their shards run again ({named})"[:1000],
+            "observedGeneration": generation,
+            "lastTransitionTime": since or iso(now),
+        }
+    ]
+
+
+def degraded(status: Mapping[str, Any], message: str, now: dt.datetime) -> dict[str, Any]:
+    """The status after a tick that failed on S3 or the API: everything as it was, the
+    message saying why, and a Degraded condition (dropped by the next successful tick)."""
+    kept = [p for p in status.get("conditions") or [] if p.get("type") != c.COND_DEGRADED]
+    old: Mapping[str, Any] = next(
+        (p for p in status.get("conditions") or [] if p.get("type") == c.COND_DEGRADED), {}
+    )
+    condition = {
+        "type": c.COND_DEGRADED,
+        "status": "True",
+        "reason": c.REASON_TEMPORARY_ERROR,
+        "message": message,
+        "observedGeneration": status.get("observedGeneration", 0),
+        "lastTransitionTime": old.get("lastTransitionTime") or iso(now),
+    }
+    return {**status, "message": message, "conditions": [*kept, condition]}
+
+
 def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON merge patch turning `old` status into `new`: keys gone from `new` become None.
 

@@ -3,7 +3,8 @@
 Workers get that Secret as environment variables; the operator reads the same Secret through
 the API and builds its own client per job, so one operator serves jobs whose data lives in
 different accounts. Without a Secret, boto3's own resolution applies (workload identity).
-Local paths work too (for tests and local runs).
+Local paths work too (for tests and local runs). Every client has short timeouts and few
+attempts, so one tenant's unreachable endpoint fails its tick fast instead of holding it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,18 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-from palimpsest.commit import MARKERS, Marker, read_marker
+from palimpsest.commit import MARKERS, CorruptMarkerError, Marker, read_marker
 from palimpsest.job import StorageSpec
-from palimpsest.storage import LocalStore, S3Store, Store, is_s3, join, store_for
+from palimpsest.storage import LocalStore, S3Store, S3Timeouts, Store, digest, is_s3, join
+from palimpsest_operator.config import CONFIG
 
 _MARKER_NAME: Final = re.compile(r"shard-(\d+)\.json$")
+
+QUARANTINE_DIR: Final = "_quarantine"
+"""Under a stage's folder: unreadable markers moved aside, kept for inspection."""
+
+TICK_S3: Final = S3Timeouts(CONFIG.s3_connect_timeout, CONFIG.s3_read_timeout, CONFIG.s3_retries)
+"""The operator's S3 calls: short timeouts and few attempts (config.py says why)."""
 
 MAX_POOL_CONNECTIONS: Final = 32
 """Connections per job's S3 client: markers are read by several threads at once."""
@@ -30,6 +38,15 @@ class JobStorage:
 
     def read_marker(self, stage_uri: str, shard: int) -> Marker | None:
         return read_marker(self.store, stage_uri, shard)
+
+    def quarantine(self, stage_uri: str, error: CorruptMarkerError) -> str:
+        """Move an unreadable marker aside (its shard then counts as not committed and runs
+        again); returns where its bytes now are. The parts it may list are left alone."""
+        data = self.store.read_bytes(error.uri)
+        aside = join(stage_uri, QUARANTINE_DIR, f"shard-{error.shard:06d}-{digest(data)[:12]}.json")
+        self.store.put_bytes(aside, data)
+        self.store.delete(error.uri)
+        return aside
 
     def list_marker_shards(self, stage_uri: str, after: int, limit: int) -> list[int]:
         """Shard numbers of committed markers greater than `after`, ascending, at most `limit`."""
@@ -53,6 +70,6 @@ def job_storage(
     """The storage of a job whose output is `uri`, with the Secret's credentials if any."""
     if not is_s3(uri):
         return JobStorage(LocalStore())
-    if credentials:
-        return JobStorage(S3Store(storage.s3_settings(), credentials, MAX_POOL_CONNECTIONS))
-    return JobStorage(store_for(uri, storage.s3_settings()))
+    return JobStorage(
+        S3Store(storage.s3_settings(), credentials or None, MAX_POOL_CONNECTIONS, TICK_S3)
+    )

@@ -112,23 +112,34 @@ def publish_marker(store: Store, marker: Marker, stage_uri: str) -> Marker:
     now (ours, or the winner's). Ambiguous outcomes are settled by `storage.create_object`."""
     uri = marker_uri(stage_uri, marker.shard)
     other = create_object(store, uri, marker.to_json())
-    return marker if other is None else _parse_marker(uri, other)
+    return marker if other is None else _parse_marker(uri, other, marker.shard)
 
 
 def read_marker(store: Store, stage_uri: str, shard: int) -> Marker | None:
     uri = marker_uri(stage_uri, shard)
     if not store.exists(uri):
         return None
-    return _parse_marker(uri, store.read_bytes(uri))
+    return _parse_marker(uri, store.read_bytes(uri), shard)
 
 
-def _parse_marker(uri: str, data: bytes) -> Marker:
+class CorruptMarkerError(StorageError):
+    """A marker that is not JSON or not a marker's shape: the same bytes fail every read."""
+
+    def __init__(self, message: str, uri: str, shard: int) -> None:
+        super().__init__(message)
+        self.uri = uri
+        self.shard = shard
+
+
+def _parse_marker(uri: str, data: bytes, shard: int) -> Marker:
     try:
         return Marker.from_json(data)
     except (ValueError, KeyError, TypeError) as exc:
-        raise StorageError(
+        raise CorruptMarkerError(
             f"{uri}: not a valid shard marker ({type(exc).__name__}: {exc}); "
-            "delete it to run the shard again"
+            "delete it to run the shard again",
+            uri,
+            shard,
         ) from exc
 
 

@@ -29,3 +29,10 @@ tool versions other than the pins): Jobs fail that index at once instead of retr
 
 INDEX_ENV: Final = "JOB_COMPLETION_INDEX"
 """The environment variable an Indexed Job sets to the pod's completion index."""
+GIVE_UP_DIR: Final = "_give-up"
+"""Under a job's output URI, per Job name: `index-<i>` objects telling the pod of Job index i
+to exit with EXIT_CONFIG_ERROR at once (the operator gave that index up)."""
+
+
+def give_up_key(index: int) -> str:
+    return f"index-{index}"

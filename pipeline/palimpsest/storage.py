@@ -51,6 +51,17 @@ class S3Settings:
 
 
 @dataclass(frozen=True)
+class S3Timeouts:
+    """Seconds to connect and to wait for the next bytes, and retries of a call after its
+    first attempt (botocore's `max_attempts`, standard mode). Workers keep the defaults; a
+    caller that must never wait long (the operator's tick) passes shorter ones."""
+
+    connect: float = S3_CONNECT_TIMEOUT
+    read: float = S3_READ_TIMEOUT
+    retries: int = S3_MAX_ATTEMPTS
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     """One listed object: its URI, size in bytes and a content tag (ETag or mtime-size)."""
 
@@ -219,15 +230,17 @@ class S3Store:
         settings: S3Settings,
         credentials: Mapping[str, str] | None = None,
         max_pool_connections: int = 10,
+        timeouts: S3Timeouts | None = None,
     ) -> None:
         import boto3
         from botocore.config import Config
 
+        limits = timeouts or S3Timeouts()
         config = Config(
-            retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"},
+            retries={"max_attempts": limits.retries, "mode": "standard"},
             max_pool_connections=max_pool_connections,
-            connect_timeout=S3_CONNECT_TIMEOUT,
-            read_timeout=S3_READ_TIMEOUT,
+            connect_timeout=limits.connect,
+            read_timeout=limits.read,
         )
         keys = credentials or {}
         self._client: Any = boto3.client(

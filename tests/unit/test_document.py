@@ -16,8 +16,9 @@ from palimpsest.job import parse_job
 from palimpsest.names import INDEX_ENV
 from palimpsest.plan import make_plan
 from palimpsest.storage import LocalStore, join
+from palimpsest_operator.evictions import give_up_uri
 from palimpsest_operator.inputs import ensure_document
-from palimpsest_operator.jobs import Owner, StageJob, stage_job
+from palimpsest_operator.jobs import Owner, ShardList, StageJob, stage_job
 from palimpsest_operator.placement import parse_placement
 
 STORE = LocalStore()
@@ -139,3 +140,43 @@ def test_a_worker_given_another_group_exits_as_a_configuration_error(
     assert "--stages sgcr: not a stage group of the job (filter | sgcr,scor)" in error
     args = build_parser().parse_args(["worker", "--job", uri, "--stages", "filter", "--index", "9"])
     assert worker.run(args) == 3
+
+
+def test_a_worker_of_a_given_up_index_exits_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_input(tmp_path / "in")
+    body, document, uri, shards = operator_document(tmp_path)
+    owner = Owner("demo", "team", "u1")
+    refs = document.stage_refs()
+    job = stage_job(StageJob(document.job, parse_placement(body), owner, uri, refs[:1], shards))
+    STORE.put_bytes(give_up_uri(document.job.output_uri, job["metadata"]["name"], 1), b"{}")
+    assert run_worker_args(container_of(job), 2, monkeypatch).shards == (2,)
+    with pytest.raises(ValueError, match="index 1: given up"):
+        run_worker_args(container_of(job), 1, monkeypatch)
+    args = build_parser().parse_args(container_of(job)["args"])
+    assert worker.run(args) == 3
+    assert "given up" in capsys.readouterr().err
+
+
+def test_a_retry_job_s_indexes_run_the_shards_of_its_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_input(tmp_path / "in")
+    body, document, uri, shards = operator_document(tmp_path)
+    owner = Owner("demo", "team", "u1")
+    refs = document.stage_refs()
+    listed = join(document.job.output_uri, "_retries", "retry.json")
+    STORE.put_bytes(listed, json.dumps([1, 3, 4]).encode())
+    only = ShardList(listed, (1, 3, 4))
+    placement = parse_placement(body)
+    filter_job = stage_job(StageJob(document.job, placement, owner, uri, refs[:1], shards, 1, only))
+    assert filter_job["spec"]["completions"] == 3
+    got = [run_worker_args(container_of(filter_job), i, monkeypatch).shards for i in range(3)]
+    assert got == [(1,), (3,), (4,)]
+    rewrite_job = stage_job(
+        StageJob(document.job, placement, owner, uri, refs[1:], shards, 1, only)
+    )
+    assert rewrite_job["spec"]["completions"] == 2, "2 shards per pod over 3 listed shards"
+    got = [run_worker_args(container_of(rewrite_job), i, monkeypatch).shards for i in range(2)]
+    assert got == [(1, 3), (4,)]

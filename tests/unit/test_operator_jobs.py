@@ -43,14 +43,20 @@ SPEC: dict[str, Any] = {
 }
 
 
-def build(stages: tuple[StageRef, ...], total: int = 10, **changes: Any) -> dict[str, Any]:
-    body = copy.deepcopy(SPEC)
+def with_changes(spec: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A copy of a manifest with `a__b__c=value` set at spec.a.b.c."""
+    body = copy.deepcopy(spec)
     for path, value in changes.items():
         node = body["spec"]
         keys = path.split("__")
         for key in keys[:-1]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
+    return body
+
+
+def build(stages: tuple[StageRef, ...], total: int = 10, **changes: Any) -> dict[str, Any]:
+    body = with_changes(SPEC, **changes)
     work = StageJob(parse_job(body), parse_placement(body), OWNER, DOCUMENT, stages, total)
     return stage_job(work)
 
@@ -156,6 +162,17 @@ def test_pods_run_as_the_images_user_with_writable_paths_only_on_volumes() -> No
         (
             {"filter": {"resources": {"cpu": "3500m"}}},
             lambda j: flag(args_of(j), "--workers") == "3",
+        ),
+        (
+            {"filter": {"activeDeadlineSeconds": 7200}},
+            lambda j: j["spec"]["activeDeadlineSeconds"] == 7200,
+        ),
+        ({}, lambda j: "activeDeadlineSeconds" not in j["spec"]),
+        (
+            {},
+            lambda j: (
+                flag(args_of(j), "--give-up") == "s3://bucket/out/_give-up/" + j["metadata"]["name"]
+            ),
         ),
     ],
 )
@@ -372,3 +389,17 @@ def test_model_pvc_holds_hf_home_and_a_read_only_one_is_offline(read_only: bool)
     assert env["HF_HOME"] == f"{c.MODELS_MOUNT}/huggingface"
     assert [e["name"] for e in worker["env"]].count("HF_HOME") == 1
     assert (env.get("HF_HUB_OFFLINE") == "1") is read_only
+
+
+@pytest.mark.parametrize(("section", "stages"), [("filter", (FILTER,)), ("rewrite", (SGCR, SCOR))])
+def test_active_deadline_is_per_stage(section: str, stages: tuple[StageRef, ...]) -> None:
+    other = (SGCR, SCOR) if section == "filter" else (FILTER,)
+    changes = {f"{section}__activeDeadlineSeconds": 600}
+    assert build(stages, **changes)["spec"]["activeDeadlineSeconds"] == 600
+    assert "activeDeadlineSeconds" not in build(other, **changes)["spec"]
+
+
+@pytest.mark.parametrize("value", [0, -5, "1h", True])
+def test_active_deadline_must_be_a_positive_integer(value: Any) -> None:
+    with pytest.raises(ValueError, match=r"spec\.rewrite\.activeDeadlineSeconds"):
+        build((SGCR, SCOR), rewrite__activeDeadlineSeconds=value)

@@ -48,6 +48,8 @@ def test_index_ranges(text: str | None, indexes: list[int]) -> None:
 
 def test_shards_of_index_blocks() -> None:
     assert shards_of_indexes([0, 2], block=3, total=8) == [0, 1, 2, 6, 7]
+    # a retry Job's indexes count through its shard list
+    assert shards_of_indexes([1, 2], block=2, total=8, order=[1, 4, 5, 7, 6]) == [5, 7, 6]
 
 
 def test_tally_round_trip_and_size() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -17,15 +18,18 @@ from typing import Any
 
 import pytest
 
-from palimpsest.commit import ShardOutput
+from palimpsest.commit import ShardOutput, marker_uri
 from palimpsest.job import Job
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
 from palimpsest_operator import constants as c
 from palimpsest_operator.cluster import JobView, Resource, TickResult
+from palimpsest_operator.evictions import FailedPod, give_up_uri
+from palimpsest_operator.progress import parse_indexes
 from palimpsest_operator.reconcile import reconcile
 from palimpsest_operator.status import merge_patch
-from palimpsest_operator.storage import JobStorage
+from palimpsest_operator.storage import QUARANTINE_DIR, JobStorage
+from palimpsest_operator.trust import TrustPolicy
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -38,9 +42,14 @@ class FakeCluster:
         self.lingering = False  # deleted Jobs stay, marked deleting, like foreground deletion
         self.secrets: dict[str, dict[str, str]] = {}
         self.config_maps: dict[str, dict[str, str]] = {}
+        self.failed_pods: dict[str, list[FailedPod]] = {}
+        self.secret_labels: dict[str, dict[str, str]] = {}
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         return self.secrets.get(name)
+
+    def read_secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        return self.secret_labels.get(name)
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         return self.config_maps.get(name)
@@ -57,6 +66,10 @@ class FakeCluster:
             name,
             manifest["metadata"]["labels"][c.LABEL_STAGE_ID],
             suspended=manifest["spec"]["suspend"],
+            shards_per_index=int(
+                manifest["metadata"]["annotations"][c.ANNOTATION_SHARDS_PER_INDEX]
+            ),
+            shard_list=manifest["metadata"]["annotations"].get(c.ANNOTATION_SHARD_LIST),
         )
         return True
 
@@ -69,6 +82,9 @@ class FakeCluster:
 
     def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None:
         self.jobs[name] = replace(self.jobs[name], suspended=suspended)
+
+    def list_failed_pods(self, namespace: str, job: str) -> list[FailedPod]:
+        return self.failed_pods.get(job, [])
 
     def progress(
         self, name: str, completed: str, finished: str | None = None, failed: str | None = None
@@ -105,6 +121,7 @@ class Harness:
             },
         }
         self.status: dict[str, Any] = {}
+        self.policy = TrustPolicy()
 
     def tick(self) -> TickResult:
         result = reconcile(
@@ -112,6 +129,7 @@ class Harness:
             self.cluster,
             local_storage,
             now=NOW,
+            policy=self.policy,
         )
         patch = merge_patch(self.status, result.status)
         self.status = apply_merge_patch(self.status, patch)
@@ -245,6 +263,42 @@ def test_failed_shards_then_retry_failed(tmp_path: Path) -> None:
     assert retry.endswith("-r1") and h.status["phase"] == c.FILTERING
     h.tick()  # the same annotation value acts only once
     assert list(h.cluster.jobs) == [retry]
+    # the retry Job runs only shard 1: one index, through a shard list the worker reads
+    manifest = h.cluster.manifests[retry]
+    assert manifest["spec"]["completions"] == 1
+    args = manifest["spec"]["template"]["spec"]["containers"][0]["args"]
+    listed = args[args.index("--shard-list") + 1]
+    assert json.loads(Path(listed).read_text()) == [1]
+    assert manifest["metadata"]["annotations"][c.ANNOTATION_SHARD_LIST] == listed
+    h.commit(1)
+    h.cluster.progress(retry, "0", finished="Complete")
+    h.tick()
+    assert (h.status["phase"], h.status["shards"]["succeeded"]) == (c.SUCCEEDED, 3)
+
+
+@pytest.mark.parametrize(
+    ("completed", "failed", "succeeded", "failed_shards"),
+    [("1", "0", 2, 1), ("0", "1", 2, 1), ("", "0,1", 1, 2)],
+)
+def test_a_retry_job_s_indexes_name_the_listed_shards(
+    tmp_path: Path, completed: str, failed: str, succeeded: int, failed_shards: int
+) -> None:
+    h = Harness(tmp_path)
+    h.tick()
+    (first,) = h.cluster.jobs
+    h.commit(0)
+    h.cluster.progress(first, "0", finished="Failed", failed="1,2")
+    h.tick()
+    h.manifest["metadata"]["annotations"] = {c.ANNOTATION_RETRY_FAILED: "a"}
+    h.tick()
+    (retry,) = h.cluster.jobs
+    assert h.cluster.manifests[retry]["spec"]["completions"] == 2  # shards 1 and 2
+    for index in parse_indexes(completed):
+        h.commit(index + 1)  # index i of the retry runs shard i + 1
+    h.cluster.progress(retry, completed, finished="Failed", failed=failed)
+    h.tick()
+    shards = h.status["shards"]
+    assert (shards["succeeded"], shards["failed"]) == (succeeded, failed_shards)
 
 
 def test_suspend_and_resume(tmp_path: Path) -> None:
@@ -440,3 +494,57 @@ def test_a_deleted_plan_or_job_document_is_written_again(tmp_path: Path) -> None
     h.tick()
     assert plan.read_bytes() == body  # the same listing gives the same plan
     assert document.exists() and h.status["jobDocument"] == str(document)
+
+
+def test_an_index_evicted_past_its_retries_is_given_up_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path, retries={"perShard": 1})
+    h.tick()
+    (name,) = h.cluster.jobs
+    h.cluster.failed_pods[name] = [
+        FailedPod(1, "TerminationByKubelet"),
+        FailedPod(1),
+        FailedPod(2, "PreemptionByScheduler"),
+        FailedPod(2, "PreemptionByScheduler"),
+    ]
+    result = h.tick()
+    assert reasons(result).count(c.REASON_INDEX_GIVEN_UP) == 1
+    assert os.path.exists(give_up_uri(h.output, name, 1))
+    assert not os.path.exists(give_up_uri(h.output, name, 2))
+    assert c.REASON_INDEX_GIVEN_UP not in reasons(h.tick())  # announced once
+
+
+@pytest.mark.parametrize("garbage", [b"not json", b"[1, 2]", b'{"shard": 1}'])
+def test_an_unreadable_marker_is_quarantined_and_its_shard_runs_again(
+    tmp_path: Path, garbage: bytes
+) -> None:
+    h = Harness(tmp_path)
+    h.tick()
+    (first,) = h.cluster.jobs
+    for shard in range(3):
+        h.commit(shard)
+    marker = marker_uri(h.stage_uri(), 1)
+    Path(marker).write_bytes(garbage)
+    h.cluster.progress(first, "0-2", finished="Complete")
+    result = h.tick()  # the other shards are still counted
+    assert h.status["shards"]["succeeded"] == 2
+    (event,) = [e for e in result.events if e.reason == c.REASON_MARKER_QUARANTINED]
+    assert event.type == "Warning" and marker in event.message
+    assert not Path(marker).exists()
+    (aside,) = (Path(h.stage_uri()) / QUARANTINE_DIR).iterdir()
+    assert aside.read_bytes() == garbage
+    condition = conditions_of(h.status)[c.COND_MARKERS_QUARANTINED]
+    assert condition["status"] == "True" and "shards [1]" in condition["message"]
+    assert h.status["phase"] == c.FILTERING, "not Failed: the shard is re-run"
+
+    h.tick()  # the finished Job counted nothing new: the shard goes to a new attempt
+    assert h.status["phase"] == c.FILTERING and h.status["retried"]["attempt"] == 1
+    h.tick()  # whose Job runs only shard 1
+    (retry,) = h.cluster.jobs
+    assert retry != first and first in h.cluster.deleted
+    assert h.cluster.manifests[retry]["spec"]["completions"] == 1
+    h.commit(1)
+    h.cluster.progress(retry, "0", finished="Complete")
+    h.tick()
+    assert h.status["phase"] == c.SUCCEEDED and h.status["shards"]["succeeded"] == 3
+    assert c.COND_MARKERS_QUARANTINED not in conditions_of(h.status)
+    assert "quarantined" not in h.status

@@ -5,11 +5,12 @@ plan and its prompts, and runs one group of the job's stages for its index: a CP
 `filter`) over one shard, or consecutive LLM stages (e.g. `sgcr,scor`) over a block of
 `--shards-per-index` shards on one loaded model. The index comes from `--index` or the Job's
 JOB_COMPLETION_INDEX; `--shard-list` maps indexes to shards when a Job retries only some of
-them. Nothing else of the spec is passed as flags.
+them; `--give-up` names where the operator marks indexes it gave up (exit 3 before any work).
+Nothing else of the spec is passed as flags.
 
 Exit codes: 0 when every shard of the index is committed (by this attempt or an earlier one);
 3 for a configuration that can never work (an unreadable or foreign job document, tool
-versions other than the pins, an index outside the plan, a storage endpoint that ignores
+versions other than the pins, an index outside the plan or given up, a storage endpoint that ignores
 conditional puts, a damaged input object such as a truncated .zst); other non-zero values
 for failures worth a retry (a dead engine, storage errors), so the Job retries the index.
 """
@@ -65,6 +66,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "plan (a Job that retries only some shards)",
     )
     parser.add_argument(
+        "--give-up",
+        default=None,
+        metavar="URI",
+        help="a folder where an `index-<i>` object means index i was given up: exit 3 at once",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -110,10 +117,11 @@ def assignment(args: argparse.Namespace) -> Assignment:
     from palimpsest.commit import check_conditional_put
     from palimpsest.document import read_document
     from palimpsest.identity import check_tools
+    from palimpsest.names import give_up_key
     from palimpsest.plan import ShardPlan
     from palimpsest.stagerun import block_of
     from palimpsest.stages.registry import STAGES, groups
-    from palimpsest.storage import is_s3, store_for
+    from palimpsest.storage import is_s3, join, store_for
 
     document = read_document(store_for(args.job, s3_settings(args)), args.job)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
@@ -139,7 +147,10 @@ def assignment(args: argparse.Namespace) -> Assignment:
     order: list[int] = list(range(len(plan.shards)))
     if args.shard_list:
         order = [int(s) for s in json.loads(store.read_bytes(args.shard_list))]
-    picked = block_of(shard_index(args), args.shards_per_index, len(order))
+    index = shard_index(args)
+    if args.give_up and store.exists(join(args.give_up, give_up_key(index))):
+        raise ValueError(f"index {index}: given up by the operator (evicted too often)")
+    picked = block_of(index, args.shards_per_index, len(order))
     return Assignment(document, plan, stages, tuple(order[i] for i in picked))
 
 
