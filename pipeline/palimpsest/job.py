@@ -76,7 +76,7 @@ JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec.sharding": frozenset({"recordsPerShard"}),
     "spec.filter": frozenset({"minScore", "timeLimitSeconds", "workers", "exactScores"})
     | {"repetition", "memoryLimitMiB", "maxRecordBytes"},
-    "spec.rewrite": frozenset({"engine", "sampling", "language"}),
+    "spec.rewrite": frozenset({"engine", "sampling", "language", "minModelScore"}),
     "spec.decontam": frozenset(
         {"benchmarks", "textFields", "idField", "minMatchTokens", "threshold"}
     ),
@@ -116,6 +116,15 @@ class RewriteSettings:
     engine: EngineSettings
     language: str | None = None
     """Target language of the translate stage (spec.rewrite.language)."""
+    min_model_score: float | None = None
+    """SGCR answers whose own evaluation score (0-10) is below this are rejected as
+    `low_model_score`, or `no_model_score` without one (spec.rewrite.minModelScore)."""
+
+    def __post_init__(self) -> None:
+        if self.min_model_score is not None and not 0.0 <= self.min_model_score <= 10.0:
+            raise ValueError(
+                f"spec.rewrite.minModelScore: must be within 0..10, got {self.min_model_score}"
+            )
 
 
 @dataclass(frozen=True)
@@ -293,6 +302,9 @@ def _rewrite(data: Mapping[str, Any]) -> RewriteSettings:
             mapping(data.get("sampling") or {}, "spec.rewrite.sampling"),
         ),
         language=opt_string(data.get("language"), "spec.rewrite.language"),
+        min_model_score=None
+        if data.get("minModelScore") is None
+        else number(data["minModelScore"], "spec.rewrite.minModelScore"),
     )
 
 

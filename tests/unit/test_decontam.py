@@ -32,6 +32,7 @@ from palimpsest.stages.decontam import (
     load_benchmarks,
 )
 from palimpsest.stats import Stats
+from tests.support.jobs import manifest
 
 
 def humaneval() -> dict[str, dict[str, str]]:
@@ -251,22 +252,7 @@ def test_unusable_benchmark_files_name_the_object(tmp_path: Path) -> None:
 )
 def test_bad_spec_sections_name_the_field(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        parse_job(manifest(decontam=section))
-
-
-def manifest(**spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "palimpsest.dev/v1alpha1",
-        "kind": "RewriteJob",
-        "metadata": {"name": "d"},
-        "spec": {
-            "recipe": "swallowcode",
-            "stages": ["decontam"],
-            "input": {"uri": "/in"},
-            "output": {"uri": "/out"},
-            **spec,
-        },
-    }
+        parse_job(manifest(stages=["decontam"], decontam=section))
 
 
 def test_decontam_follows_the_rewrite_in_a_job() -> None:

@@ -104,6 +104,10 @@ class StageDef:
     """LLM stages that sample `sampling.n` answers per record: all of them -> a verdict."""
     keeps_original: bool = False
     """LLM stages that replace the text keep the input's text in their metadata."""
+    min_score: Setting | None = None
+    """LLM stages whose judge parses the model's own score (meta `score`): the job setting
+    below which a kept answer is rejected as `low_model_score` (unset: no such check).
+    When set, it decides the stage's output."""
 
     @property
     def prompt_fields(self) -> frozenset[str]:
@@ -114,6 +118,10 @@ class StageDef:
         if self.prompt is None:
             raise ValueError(f"stage {self.name!r} has no prompt")
         return f"{self.prompt}.yaml"
+
+    def min_score_of(self, job: Job) -> float | None:
+        """The score below which this stage rejects answers in `job`, if any."""
+        return None if self.min_score is None else self.min_score.get(job)
 
     def values(self, job: Job) -> dict[str, str]:
         """The prompt values of this stage in `job` (checked present by the job parser)."""
@@ -135,6 +143,10 @@ def _language(job: Job) -> Any:
 
 
 _LANGUAGE: Final = Setting("spec.rewrite.language", _language)
+
+
+def _min_model_score(job: Job) -> Any:
+    return job.rewrite.min_model_score if job.rewrite is not None else None
 
 
 def _filter_settings(job: Job) -> Mapping[str, Any]:
@@ -169,6 +181,7 @@ STAGES: Final[Mapping[str, StageDef]] = {
             tools=("vllm",),
             prompt="code-sgcr",
             judge=code.judge_sgcr,
+            min_score=Setting("spec.rewrite.minModelScore", _min_model_score),
         ),
         StageDef(
             name="scor",
