@@ -68,7 +68,7 @@ CLUSTER_KEYS: Final[Mapping[str, frozenset[str]]] = {
 JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec": frozenset(
         {"recipe", "stages", "input", "output", "storage", "sharding", "filter", "rewrite"}
-        | {"dryRun", "decontam"}
+        | {"dryRun", "decontam", "card"}
     ),
     "spec.input": frozenset({"uri", "format", "textField", "idField"}),
     "spec.output": frozenset({"uri"}),
@@ -77,6 +77,7 @@ JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec.filter": frozenset({"minScore", "timeLimitSeconds", "workers", "exactScores"})
     | {"repetition", "memoryLimitMiB", "maxRecordBytes"},
     "spec.rewrite": frozenset({"engine", "sampling", "language", "minModelScore"}),
+    "spec.card": frozenset({"license", "language", "tokenizer"}),
     "spec.decontam": frozenset(
         {"benchmarks", "textFields", "idField", "minMatchTokens", "threshold"}
     ),
@@ -128,6 +129,20 @@ class RewriteSettings:
 
 
 @dataclass(frozen=True)
+class CardSettings:
+    """`spec.card`: what the dataset card (`palimpsest.card`) says that the stages do not
+    decide; changing it re-runs nothing."""
+
+    license: str | None = None
+    """The data's license as a Hugging Face license id (e.g. apache-2.0); unset: not stated."""
+    language: tuple[str, ...] = ()
+    """Languages of the data as ISO 639-1 codes (e.g. en, ja)."""
+    tokenizer: str | None = None
+    """Tokenizer of the card's token counts (a local folder, or a hub name in the local
+    cache); unset: the rewrite model's."""
+
+
+@dataclass(frozen=True)
 class Job:
     """One job, whatever it came from. Invalid combinations raise ValueError naming the field."""
 
@@ -144,6 +159,7 @@ class Job:
     rewrite: RewriteSettings | None = None
     dry_run: bool = False
     decontam: DecontamSettings = field(default_factory=DecontamSettings)
+    card: CardSettings = field(default_factory=CardSettings)
 
     def __post_init__(self) -> None:
         recipe_stages(self.recipe, self.stages, "spec.stages")
@@ -200,6 +216,7 @@ def parse_job(manifest: Mapping[str, Any]) -> Job:
         rewrite=rewrite,
         dry_run=boolean(spec.get("dryRun", False), "spec.dryRun"),
         decontam=_decontam(mapping(spec.get("decontam") or {}, "spec.decontam")),
+        card=_card(mapping(spec.get("card") or {}, "spec.card")),
     )
 
 
@@ -283,6 +300,15 @@ def _decontam(data: Mapping[str, Any]) -> DecontamSettings:
             minimum=1,
         ),
         threshold=number(data.get("threshold", defaults.threshold), "spec.decontam.threshold"),
+    )
+
+
+def _card(data: Mapping[str, Any]) -> CardSettings:
+    _known(data, "spec.card")
+    return CardSettings(
+        license=opt_string(data.get("license"), "spec.card.license"),
+        language=_strings(data.get("language"), "spec.card.language", ()),
+        tokenizer=opt_string(data.get("tokenizer"), "spec.card.tokenizer"),
     )
 
 
