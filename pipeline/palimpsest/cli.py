@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "correlations and ability factors of a benchmark table",
     ),
     "run": ("palimpsest.commands.run", "run a RewriteJob on this machine, without Kubernetes"),
+    "decontaminate": (
+        "palimpsest.commands.decontaminate",
+        "drop records containing or nearly matching benchmark items (HumanEval, files)",
+    ),
     "gc": ("palimpsest.commands.gc", "find (and delete) parts no committed marker lists"),
 }
 

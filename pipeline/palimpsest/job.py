@@ -35,6 +35,7 @@ from palimpsest.spec import (
     string,
     uri,
 )
+from palimpsest.stages.decontam import DecontamSettings
 from palimpsest.stages.filter import FilterSettings
 from palimpsest.stages.registry import STAGES, Runner, recipe_stages
 from palimpsest.storage import S3Settings
@@ -70,7 +71,7 @@ CLUSTER_KEYS: Final[Mapping[str, frozenset[str]]] = {
 JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec": frozenset(
         {"recipe", "stages", "input", "output", "storage", "sharding", "filter", "rewrite"}
-        | {"dryRun"}
+        | {"dryRun", "decontam", "card"}
     ),
     "spec.input": frozenset({"uri", "format", "textField", "idField"}),
     "spec.output": frozenset({"uri"}),
@@ -78,7 +79,11 @@ JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec.sharding": frozenset({"recordsPerShard"}),
     "spec.filter": frozenset({"minScore", "timeLimitSeconds", "workers", "exactScores"})
     | {"repetition", "memoryLimitMiB", "maxRecordBytes"},
-    "spec.rewrite": frozenset({"engine", "sampling", "language"}),
+    "spec.rewrite": frozenset({"engine", "sampling", "language", "minModelScore"}),
+    "spec.card": frozenset({"license", "language", "tokenizer"}),
+    "spec.decontam": frozenset(
+        {"benchmarks", "textFields", "idField", "minMatchTokens", "threshold"}
+    ),
 }
 """Spec keys this parser reads, per section (engine and sampling keys: ENGINE_KEYS and
 SAMPLING_KEYS)."""
@@ -115,6 +120,29 @@ class RewriteSettings:
     engine: EngineSettings
     language: str | None = None
     """Target language of the translate stage (spec.rewrite.language)."""
+    min_model_score: float | None = None
+    """SGCR answers whose own evaluation score (0-10) is below this are rejected as
+    `low_model_score`, or `no_model_score` without one (spec.rewrite.minModelScore)."""
+
+    def __post_init__(self) -> None:
+        if self.min_model_score is not None and not 0.0 <= self.min_model_score <= 10.0:
+            raise ValueError(
+                f"spec.rewrite.minModelScore: must be within 0..10, got {self.min_model_score}"
+            )
+
+
+@dataclass(frozen=True)
+class CardSettings:
+    """`spec.card`: what the dataset card (`palimpsest.card`) says that the stages do not
+    decide; changing it re-runs nothing."""
+
+    license: str | None = None
+    """The data's license as a Hugging Face license id (e.g. apache-2.0); unset: not stated."""
+    language: tuple[str, ...] = ()
+    """Languages of the data as ISO 639-1 codes (e.g. en, ja)."""
+    tokenizer: str | None = None
+    """Tokenizer of the card's token counts (a local folder, or a hub name in the local
+    cache); unset: the rewrite model's."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +161,8 @@ class Job:
     filter: FilterSettings = field(default_factory=FilterSettings)
     rewrite: RewriteSettings | None = None
     dry_run: bool = False
+    decontam: DecontamSettings = field(default_factory=DecontamSettings)
+    card: CardSettings = field(default_factory=CardSettings)
 
     def __post_init__(self) -> None:
         recipe_stages(self.recipe, self.stages, "spec.stages")
@@ -188,6 +218,8 @@ def parse_job(manifest: Mapping[str, Any]) -> Job:
         filter=_filter(mapping(spec.get("filter") or {}, "spec.filter")),
         rewrite=rewrite,
         dry_run=boolean(spec.get("dryRun", False), "spec.dryRun"),
+        decontam=_decontam(mapping(spec.get("decontam") or {}, "spec.decontam")),
+        card=_card(mapping(spec.get("card") or {}, "spec.card")),
     )
 
 
@@ -254,6 +286,43 @@ def _filter(data: Mapping[str, Any]) -> FilterSettings:
     )
 
 
+def _decontam(data: Mapping[str, Any]) -> DecontamSettings:
+    _known(data, "spec.decontam")
+    defaults = DecontamSettings()
+    return DecontamSettings(
+        benchmarks=_strings(
+            data.get("benchmarks"), "spec.decontam.benchmarks", defaults.benchmarks
+        ),
+        text_fields=_strings(
+            data.get("textFields"), "spec.decontam.textFields", defaults.text_fields
+        ),
+        id_field=string(data.get("idField", defaults.id_field), "spec.decontam.idField"),
+        min_match_tokens=integer(
+            data.get("minMatchTokens", defaults.min_match_tokens),
+            "spec.decontam.minMatchTokens",
+            minimum=1,
+        ),
+        threshold=number(data.get("threshold", defaults.threshold), "spec.decontam.threshold"),
+    )
+
+
+def _card(data: Mapping[str, Any]) -> CardSettings:
+    _known(data, "spec.card")
+    return CardSettings(
+        license=opt_string(data.get("license"), "spec.card.license"),
+        language=_strings(data.get("language"), "spec.card.language", ()),
+        tokenizer=opt_string(data.get("tokenizer"), "spec.card.tokenizer"),
+    )
+
+
+def _strings(value: Any, where: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    if value is None:
+        return default
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: must be a list of strings")
+    return tuple(string(v, f"{where}[{i}]") for i, v in enumerate(value))
+
+
 def _rewrite(data: Mapping[str, Any]) -> RewriteSettings:
     _known(data, "spec.rewrite")
     return RewriteSettings(
@@ -262,6 +331,9 @@ def _rewrite(data: Mapping[str, Any]) -> RewriteSettings:
             mapping(data.get("sampling") or {}, "spec.rewrite.sampling"),
         ),
         language=opt_string(data.get("language"), "spec.rewrite.language"),
+        min_model_score=None
+        if data.get("minModelScore") is None
+        else number(data["minModelScore"], "spec.rewrite.minModelScore"),
     )
 
 

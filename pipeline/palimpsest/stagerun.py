@@ -113,7 +113,13 @@ def llm_plans(document: JobDocument, kinds: Sequence[str]) -> list[StagePlan]:
         entry = STAGES[kind]
         if entry.runner is not Runner.LLM:
             raise ValueError(f"stage {kind!r} is not an LLM stage")
-        stage = RewriteStage(entry, document.prompts[kind], job.input.fields, entry.values(job))
+        stage = RewriteStage(
+            entry,
+            document.prompts[kind],
+            job.input.fields,
+            entry.values(job),
+            entry.min_score_of(job),
+        )
         plans.append(StagePlan(document.ref(kind), stage))
     return plans
 

@@ -14,6 +14,7 @@ from typing import Any
 from palimpsest.engines.settings import EngineSettings
 from palimpsest.job import InputSpec, Job, RewriteSettings, StorageSpec
 from palimpsest.localrun import LocalJob, LocalOptions, prepare
+from palimpsest.names import API_VERSION, KIND
 from palimpsest.plan import PlanSettings
 from palimpsest.stages.filter import FilterSettings
 
@@ -41,6 +42,22 @@ def make_job(
         filter=FilterSettings(**filter_settings),
         rewrite=None if engine is None else RewriteSettings(engine=engine, language=language),
     )
+
+
+def manifest(**spec: Any) -> dict[str, Any]:
+    """A RewriteJob manifest of the swallowcode recipe from /in to /out; `spec` keys are
+    added or replace those."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": "test"},
+        "spec": {
+            "recipe": "swallowcode",
+            "input": {"uri": "/in"},
+            "output": {"uri": "/out"},
+            **spec,
+        },
+    }
 
 
 def prepared(job: Job) -> LocalJob:

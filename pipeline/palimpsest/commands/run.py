@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(local: LocalJob, seconds: float) -> None:
-    """Print the summary; write report.html and summary.json under the output URI."""
+    """Print the summary; write report.html, summary.json and the dataset card (README.md)
+    under the output URI."""
+    from palimpsest.card import write_card
     from palimpsest.report import (
         REPORT_NAME,
         SUMMARY_NAME,
@@ -149,8 +151,10 @@ def report(local: LocalJob, seconds: float) -> None:
         join(job.output_uri, SUMMARY_NAME), json.dumps(summary, indent=1).encode()
     )
     local.store.put_bytes(report_uri, render_html(data).encode("utf-8"))
+    card_uri = write_card(local.store, local.document, len(local.plan.shards), data)
     print(summary_text(data))
     print(f"  report: {report_uri} (this invocation: {seconds:.1f} s)")
+    print(f"  dataset card: {card_uri}")
 
 
 def tqdm_progress(enabled: bool) -> tuple[Progress, Callable[[], None]]:

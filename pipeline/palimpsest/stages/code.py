@@ -14,7 +14,7 @@ from typing import Final
 
 from palimpsest.engines.base import Completion
 from palimpsest.stages.filter import syntax_problem
-from palimpsest.stages.llm import MIN_OUTPUT_CHARS, Verdict, check_text
+from palimpsest.stages.llm import MIN_OUTPUT_CHARS, MODEL_SCORE, Verdict, check_text
 
 NO_CODE_BLOCK: Final = "no_code_block"
 REWRITE_SYNTAX: Final = "rewrite_syntax_error"
@@ -89,7 +89,7 @@ def check_code(code: str | None) -> Verdict | None:
 
 def judge_sgcr(completion: Completion) -> Verdict:
     parsed = parse_sgcr(completion.text)
-    meta = {"score": parsed.score, "suggestions": parsed.suggestions}
+    meta = {MODEL_SCORE: parsed.score, "suggestions": parsed.suggestions}
     problem = check_code(parsed.code)
     if problem is not None:
         return Verdict(problem.reason, detail=problem.detail, meta=meta)

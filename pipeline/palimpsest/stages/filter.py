@@ -24,9 +24,10 @@ from palimpsest.lint.pool import (
     default_workers,
 )
 from palimpsest.lint.scoring import DEFAULT_MIN_SCORE, best_possible, comment_ratio, penalised
-from palimpsest.recordfields import DETAIL_FIELD, REASON_FIELD, SCORE_FIELD, SCORE_MAX_FIELD
+from palimpsest.recordfields import DETAIL_FIELD, SCORE_FIELD, SCORE_MAX_FIELD
 from palimpsest.records import Fields, RawRecord, Record
 from palimpsest.repetition import is_repetitive
+from palimpsest.stages.verdicts import emit, input_problem
 from palimpsest.stats import Stats
 
 if TYPE_CHECKING:
@@ -129,10 +130,6 @@ def utf8_size_exceeds(text: str, limit: int) -> bool:
     return len(text.encode("utf-8", "surrogatepass")) > limit
 
 
-def _bad_item(raw: RawRecord) -> Record:
-    return {"source": raw.source, "position": raw.position, "raw": raw.raw}
-
-
 @dataclass
 class _Pending:
     record: Record
@@ -182,8 +179,7 @@ class CodeFilter:
             while window and window[0].verdict is not None:
                 verdict = window.popleft().verdict
                 assert verdict is not None
-                reason, record = verdict
-                self._emit(reason, record, keep, reject, stats)
+                emit(verdict, keep, reject, stats)
                 if progress:
                     progress(1)
 
@@ -213,24 +209,19 @@ class CodeFilter:
 
     def _early_verdict(self, raw: RawRecord) -> tuple[str | None, Record] | None:
         """A verdict that needs no pylint: bad input, bad text field, repetition or syntax."""
-        if raw.record is None:
-            reason, _, detail = (raw.error or "invalid_json").partition(": ")
-            return reason, {**_bad_item(raw), DETAIL_FIELD: detail}
-        record = raw.record
-        name = self.fields.text
-        if name not in record:
-            return "missing_text", {**record, DETAIL_FIELD: f"no field {name!r}"}
-        text = record[name]
-        if not isinstance(text, str):
-            return "text_not_string", {**record, DETAIL_FIELD: f"{name!r} is {type(text).__name__}"}
+        problem = input_problem(raw, self.fields)
+        if problem is not None:
+            return problem
+        record = raw.record or {}
+        text = record[self.fields.text]
         if utf8_size_exceeds(text, self.settings.max_record_bytes):
             limit = self.settings.max_record_bytes
             return "record_too_large", {**record, DETAIL_FIELD: f"text over {limit} bytes"}
         if not text.strip():
             return "empty_text", record
-        problem = syntax_problem(text)
-        if problem is not None:
-            return problem[0], {**record, DETAIL_FIELD: problem[1]}
+        syntax = syntax_problem(text)
+        if syntax is not None:
+            return syntax[0], {**record, DETAIL_FIELD: syntax[1]}
         if self.settings.repetition and is_repetitive(text):
             return "repetition", record
         return None
@@ -250,20 +241,3 @@ class CodeFilter:
         if score >= self.settings.min_score:
             return None, {**record, SCORE_FIELD: score}
         return "low_pylint_score", {**record, SCORE_FIELD: score}
-
-    @staticmethod
-    def _emit(
-        reason: str | None,
-        record: Record,
-        keep: Callable[[Record], None],
-        reject: Callable[[Record], None],
-        stats: Stats,
-    ) -> None:
-        if SCORE_FIELD in record:
-            stats.add_score(float(record[SCORE_FIELD]))
-        if reason is None:
-            stats.keep()
-            keep(record)
-        else:
-            stats.reject(reason)
-            reject({**record, REASON_FIELD: reason})

@@ -44,6 +44,10 @@ EMPTY_ANSWER: Final = "empty_answer"
 MISSING_TEXT: Final = "missing_text"
 TEXT_NOT_STRING: Final = "text_not_string"
 EMPTY_TEXT: Final = "empty_text"
+LOW_MODEL_SCORE: Final = "low_model_score"
+NO_MODEL_SCORE: Final = "no_model_score"
+MODEL_SCORE: Final = "score"
+"""The key under which a judge keeps the model's own score of the input in its metadata."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class RewriteStage:
         prompt: Prompt,
         fields: Fields,
         values: Mapping[str, str] | None = None,
+        min_score: float | None = None,
     ) -> None:
         if entry.judge is None and entry.judge_samples is None:
             raise ValueError(f"stage {entry.name!r} is not an LLM stage")
@@ -90,6 +95,7 @@ class RewriteStage:
         self.prompt = prompt
         self.fields = fields
         self.values = dict(values or {})
+        self.min_score = min_score
         self.n = None if entry.judge_samples is not None else 1
 
     def precheck(self, raw: RawRecord) -> Verdict | None:
@@ -126,7 +132,19 @@ class RewriteStage:
         if completion.finish_reason == FINISH_LENGTH:
             return Verdict(TRUNCATED, detail=f"{completion.generated_tokens} tokens")
         assert self.entry.judge is not None
-        return self.entry.judge(completion)
+        return self.screen(self.entry.judge(completion))
+
+    def screen(self, verdict: Verdict) -> Verdict:
+        """A kept answer whose own score is below `min_score` (or has none) as a reject."""
+        if self.min_score is None or verdict.reason is not None:
+            return verdict
+        score = verdict.meta.get(MODEL_SCORE)
+        if score is None:
+            return Verdict(NO_MODEL_SCORE, meta=verdict.meta)
+        if score < self.min_score:
+            detail = f"score {score:g} < {self.min_score:g}"
+            return Verdict(LOW_MODEL_SCORE, detail=detail, meta=verdict.meta)
+        return verdict
 
     def metadata(self, result: GenerationResult | None, verdict: Verdict) -> dict[str, Any]:
         """This stage's sub-object of the record's `rewrite` metadata."""

