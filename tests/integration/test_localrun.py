@@ -22,6 +22,7 @@ from palimpsest.commit import marker_uri, read_marker
 from palimpsest.localrun import LocalOptions, load_job
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore, S3Settings, S3Store
+from tests.support.jobs import write_job_file
 from tests.support.openai_server import Reply, ScriptedOpenAIServer
 from tests.support.s3server import S3Server
 from tests.vllm import env
@@ -50,14 +51,7 @@ def write_code_input(path: Path) -> None:
 
 
 def write_job(path: Path, spec: dict[str, Any], name: str = "local") -> Path:
-    manifest = {
-        "apiVersion": "palimpsest.dev/v1alpha1",
-        "kind": "RewriteJob",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    path.write_text(yaml.safe_dump(manifest))
-    return path
+    return write_job_file(path, spec, name)
 
 
 def stage_sums(output: Path, stage_id: str) -> Stats:

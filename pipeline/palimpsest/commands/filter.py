@@ -15,10 +15,10 @@ from palimpsest.commands._common import (
     add_field_arguments,
     add_filter_arguments,
     add_s3_arguments,
-    config_error,
     filter_settings,
     input_spec,
     storage_spec,
+    user_error,
 )
 from palimpsest.commands.workfolder import add_work_arguments, default_rejects_uri, work_folder
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             local = prepare(job, LocalOptions())
             run_job(local, LocalOptions(workers=args.workers), progress)
         except (LocalRunError, ValueError) as exc:
-            return config_error(exc)
+            return user_error(exc)
         finally:
             close_bars()
         summary = export(

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from palimpsest.commands._common import (
     add_field_arguments,
     add_s3_arguments,
-    config_error,
     input_spec,
     storage_spec,
+    user_error,
 )
 from palimpsest.commands.workfolder import add_work_arguments, default_rejects_uri, work_folder
 from palimpsest.stages.registry import RECIPES, STAGES, Runner
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
             local = prepare(job, LocalOptions(), prompts_dir)
             run_job(local, LocalOptions(), None, runner_settings(args))
         except (LocalRunError, ValueError) as exc:
-            return config_error(exc)
+            return user_error(exc)
         except EngineDeadError as exc:
             print(f"error: the engine died: {exc}", file=sys.stderr)
             return 1

@@ -7,8 +7,10 @@ written next to the outputs (see `palimpsest.report`). Relative local paths in t
 are taken relative to the current working directory.
 
 Exit codes: 0 when every stage run is committed; 3 for a job that cannot run as written (bad
-spec or flags, missing tools, a model that cannot be loaded); 1 for other failures (a dead
-engine, storage errors), after which a re-run resumes.
+spec or flags, missing tools, a model that cannot be loaded); 4-7 for a missing input, access
+denied, an unreachable S3 endpoint, a model folder without config.json (see
+`palimpsest.usererrors`); 1 for other failures (a dead engine, storage errors), after which a
+re-run resumes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from palimpsest.commands._common import config_error
+from palimpsest.commands._common import user_error
 
 if TYPE_CHECKING:
     from palimpsest.localrun import LocalJob, LocalOptions, Progress
@@ -87,7 +89,6 @@ def options_from(args: argparse.Namespace) -> LocalOptions:
 def run(args: argparse.Namespace) -> int:
     from palimpsest.engines.base import EngineDeadError
     from palimpsest.localrun import LocalRunError, load_job, prepare, run_job
-    from palimpsest.records import CorruptObjectError
     from palimpsest.storage import StorageError
 
     options = options_from(args)
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         local = prepare(load_job(Path(args.job), options), options)
     except (LocalRunError, ValueError, StorageError) as exc:
-        return config_error(exc)
+        return user_error(exc)
     if local.job.dry_run:
         print(
             f"planned {len(local.plan.shards)} shards (~{local.plan.est_records} records) of "
@@ -106,11 +107,8 @@ def run(args: argparse.Namespace) -> int:
     progress, close_bars = tqdm_progress(enabled=not args.no_progress)
     try:
         run_job(local, options, progress)
-    except (LocalRunError, CorruptObjectError) as exc:
-        return config_error(exc)
-    except StorageError as exc:
-        print(f"error: {exc}; a re-run resumes", file=sys.stderr)
-        return 1
+    except (LocalRunError, ValueError, StorageError) as exc:
+        return user_error(exc)
     except EngineDeadError as exc:
         print(f"error: the engine died: {exc}; a re-run resumes", file=sys.stderr)
         return 1
