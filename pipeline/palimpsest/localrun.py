@@ -52,6 +52,7 @@ from palimpsest.identity import StageRef, check_tools
 from palimpsest.job import Job, parse_job
 from palimpsest.names import API_VERSION, KIND, LIMITED_DIR, PLANS_DIR
 from palimpsest.plan import ShardPlan, make_plan
+from palimpsest.progress import Progress
 from palimpsest.rewrite.runner import RewriteRunner, RunnerSettings
 from palimpsest.stagerun import llm_plans, run_records_shard, shard_inputs
 from palimpsest.stages.registry import STAGES, Runner, groups
@@ -59,10 +60,6 @@ from palimpsest.storage import Store, is_s3, join, store_for
 from palimpsest.usererrors import ModelFolderError, check_scheme
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int | None], Callable[[int], None]]
-"""(stage kind, position among the run's stages, expected records or None when unknown) -> a
-callback taking the number of records just finished; the CLI backs it with tqdm bars."""
 
 
 class LocalRunError(RuntimeError):

@@ -9,7 +9,9 @@ work (no new requests, same markers), and that the report is written next to the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +119,28 @@ def test_filter_only_job_with_relative_paths(
     assert main(["run", str(job), "--workers", "1", "--no-progress"]) == 0
     assert marker_files(output) == before  # nothing re-ran
     assert check_summary_equals_markers(output) == summary
+
+
+def test_progress_in_a_log_is_json_lines_not_bars(tmp_path: Path) -> None:
+    """stderr is a pipe here, as in a pod or a CI log: no bar redraws, one JSON line per
+    interval (every record with a zero interval) and one at the end."""
+    write_code_input(tmp_path / "in.jsonl")
+    spec = {"recipe": "swallowcode", "stages": ["filter"], "input": {"uri": "in.jsonl"}}
+    job = write_job(tmp_path / "job.yaml", {**spec, "output": {"uri": "out"}})
+    result = subprocess.run(
+        [sys.executable, "-m", "palimpsest.cli", "run", str(job), "--workers", "1"],
+        cwd=tmp_path,
+        env={**os.environ, "PALIMPSEST_PROGRESS_SECONDS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr
+    lines = [json.loads(t) for t in result.stderr.splitlines() if t.startswith('{"progress"')]
+    assert [line["records"] for line in lines] == [*range(1, GOOD + 3), GOOD + 2]
+    assert all(line["progress"] == "filter" and line["total"] == GOOD + 2 for line in lines)
+    assert lines[-1]["eta_seconds"] == 0
 
 
 def test_filter_job_on_s3(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:

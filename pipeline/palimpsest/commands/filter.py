@@ -38,12 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from palimpsest.commands.run import tqdm_progress
     from palimpsest.job import Job
     from palimpsest.localrun import LocalOptions, LocalRunError, export, prepare, run_job
     from palimpsest.plan import PlanSettings
+    from palimpsest.progress import progress_display
 
-    progress, close_bars = tqdm_progress(enabled=not args.no_progress)
+    progress, close_bars = progress_display(enabled=not args.no_progress)
     with work_folder(args) as work:
         try:
             job = Job(
