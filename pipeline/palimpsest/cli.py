@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "run": ("palimpsest.commands.run", "run a RewriteJob on this machine, without Kubernetes"),
     "gc": ("palimpsest.commands.gc", "find (and delete) parts no committed marker lists"),
+    "inspect": (
+        "palimpsest.commands.inspect",
+        "show records of a stage before/after with a diff, or follow one id",
+    ),
 }
 
 

@@ -185,6 +185,20 @@ def code_model(body: dict[str, Any]) -> Reply:
     return Reply(f"```python\n{last}# o\n```", prompt_tokens=25, completion_tokens=15)
 
 
+def code_job_spec(input_path: Path, output: Path, base_url: str) -> dict[str, Any]:
+    """SwallowCode over `input_path`, 4 records a shard, on the OpenAI-compatible server."""
+    return {
+        "recipe": "swallowcode",
+        "input": {"uri": str(input_path)},
+        "output": {"uri": str(output)},
+        "sharding": {"recordsPerShard": 4},
+        "rewrite": {
+            "engine": {"type": "openai", "model": "scripted", "baseURL": base_url},
+            "sampling": {"maxTokens": 256},
+        },
+    }
+
+
 @pytest.fixture()
 def server() -> Iterator[ScriptedOpenAIServer]:
     scripted = ScriptedOpenAIServer()
@@ -195,19 +209,8 @@ def server() -> Iterator[ScriptedOpenAIServer]:
 
 def test_full_job_on_the_openai_engine(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
     write_code_input(tmp_path / "in.jsonl")
-    job = write_job(
-        tmp_path / "job.yaml",
-        {
-            "recipe": "swallowcode",
-            "input": {"uri": str(tmp_path / "in.jsonl")},
-            "output": {"uri": str(tmp_path / "elsewhere")},
-            "sharding": {"recordsPerShard": 4},
-            "rewrite": {
-                "engine": {"type": "openai", "model": "scripted", "baseURL": server.base_url},
-                "sampling": {"maxTokens": 256},
-            },
-        },
-    )
+    spec = code_job_spec(tmp_path / "in.jsonl", tmp_path / "elsewhere", server.base_url)
+    job = write_job(tmp_path / "job.yaml", spec)
     output = tmp_path / "out"
     argv = ["run", str(job), "--output", str(output), "--workers", "1", "--no-progress"]
     assert main(argv) == 0
