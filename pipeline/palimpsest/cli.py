@@ -2,6 +2,8 @@
 
 Each command module exposes `add_arguments(parser)` and `run(args) -> int`, so that a
 command's heavy imports (pylint, vLLM, matplotlib) load only when that command runs.
+Expected failures a command does not handle itself end as one line and an exit code of their
+own (see `palimpsest.usererrors`), never as a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+
+from palimpsest.usererrors import explain
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -31,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "drop records containing or nearly matching benchmark items (HumanEval, files)",
     ),
     "gc": ("palimpsest.commands.gc", "find (and delete) parts no committed marker lists"),
+    "inspect": (
+        "palimpsest.commands.inspect",
+        "show records of a stage before/after with a diff, or follow one id",
+    ),
 }
 
 
@@ -53,8 +61,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # botocore's INFO lines (where it found credentials) are noise here
+        logging.getLogger("botocore").setLevel(logging.WARNING)
     module = importlib.import_module(args._module)
-    return int(module.run(args))
+    try:
+        return int(module.run(args))
+    except Exception as exc:
+        explained = explain(exc)
+        if explained is None:
+            raise
+        print(explained.line(), file=sys.stderr)
+        return explained.code
 
 
 if __name__ == "__main__":

@@ -52,16 +52,14 @@ from palimpsest.identity import StageRef, check_tools
 from palimpsest.job import Job, parse_job
 from palimpsest.names import API_VERSION, KIND, LIMITED_DIR, PLANS_DIR
 from palimpsest.plan import ShardPlan, make_plan
+from palimpsest.progress import Progress
 from palimpsest.rewrite.runner import RewriteRunner, RunnerSettings
 from palimpsest.stagerun import llm_plans, run_records_shard, shard_inputs
 from palimpsest.stages.registry import STAGES, Runner, groups
 from palimpsest.storage import Store, is_s3, join, store_for
+from palimpsest.usererrors import ModelFolderError, check_scheme
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int | None], Callable[[int], None]]
-"""(stage kind, position among the run's stages, expected records or None when unknown) -> a
-callback taking the number of records just finished; the CLI backs it with tqdm bars."""
 
 
 class LocalRunError(RuntimeError):
@@ -108,6 +106,7 @@ class LocalJob:
 
 def resolve_uri(uri: str, base: Path | None = None) -> str:
     """s3:// and absolute paths as they are; relative paths against `base` (the cwd)."""
+    check_scheme(uri)
     if is_s3(uri) or uri.startswith("file://") or os.path.isabs(uri):
         return uri.removeprefix("file://")
     return str(((base or Path.cwd()) / uri).resolve())
@@ -117,8 +116,10 @@ def load_manifest(path: Path, options: LocalOptions) -> dict[str, Any]:
     """The job file as a manifest, with the options applied and local paths resolved."""
     try:
         manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise LocalRunError(f"{path}: {exc}") from exc
+    except OSError as exc:
+        raise LocalRunError(f"{path}: cannot read the job file: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise LocalRunError(f"{path}: {yaml_problem(exc)}") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("spec"), dict):
         raise LocalRunError(f"{path}: not a RewriteJob manifest (no spec)")
     if manifest.get("apiVersion") != API_VERSION or manifest.get("kind") != KIND:
@@ -127,7 +128,13 @@ def load_manifest(path: Path, options: LocalOptions) -> dict[str, Any]:
     for section in ("input", "output"):
         value = spec.get(section)
         if isinstance(value, dict) and isinstance(value.get("uri"), str):
-            value["uri"] = resolve_uri(value["uri"])
+            written = value["uri"]
+            try:
+                value["uri"] = resolve_uri(written)
+            except ValueError as exc:
+                raise LocalRunError(f"{path}: spec.{section}.uri: {exc}") from exc
+            if section == "input":
+                check_local_input(path, written, value["uri"])
     if options.output is not None:
         spec.setdefault("output", {})["uri"] = resolve_uri(options.output)
     if options.model is not None:
@@ -143,6 +150,34 @@ def load_manifest(path: Path, options: LocalOptions) -> dict[str, Any]:
             config_map,
         )
     return manifest
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: where, and what the parser expected."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        context = f" ({exc.context})" if exc.context else ""
+        return (
+            f"YAML error at line {mark.line + 1}, column {mark.column + 1}: "
+            f"{exc.problem}{context}; fix the syntax there (indentation, a missing ':' or quote)"
+        )
+    return f"YAML error: {exc}"
+
+
+def check_local_input(path: Path, written: str, resolved: str) -> None:
+    """A local input that does not exist: name it, and where a relative one was looked for."""
+    if is_s3(resolved) or os.path.exists(resolved):
+        return
+    if os.path.isabs(written.removeprefix("file://")):
+        fix = "check the path"
+    else:
+        fix = (
+            f"relative paths in a job file are taken from the current directory ({Path.cwd()}): "
+            "run from the folder the job assumes, or give an absolute path or an s3:// URI"
+        )
+    raise LocalRunError(
+        f"{path}: spec.input.uri: {written} not found (looked for {resolved}); {fix}"
+    ) from FileNotFoundError(resolved)
 
 
 def load_job(path: Path, options: LocalOptions) -> Job:
@@ -265,6 +300,7 @@ def run_llm(
     shards = sorted({s for p in plans for s in pending_shards(local, p.ref)})
     if not shards:
         return
+    check_model_folder(job)
     check_engine_tools(job)
     first = plans[0].ref
     expected = expected_records(local, first, shards)
@@ -316,6 +352,28 @@ def model_load_hint(model: str, exc: BaseException) -> str:
         "download the model where you can (e.g. `huggingface-cli download NAME --local-dir "
         "DIR`) and point at the local folder: palimpsest run JOB.yaml --model PATH"
     )
+
+
+def check_model_folder(job: Job) -> None:
+    """A local model folder must hold a model (config.json), before anything loads it."""
+    model = job.engine.model
+    if job.engine.type != "vllm" or is_s3(model):
+        return
+    folder = Path(model)
+    looks_local = model.startswith((".", "/", "~")) or folder.exists()
+    if not looks_local:
+        return  # a model hub name
+    if not folder.is_dir():
+        raise ModelFolderError(
+            f"model {model}: no such folder; give a model folder (with config.json) or a "
+            "hub name, e.g. --model PATH"
+        )
+    if not (folder / "config.json").is_file():
+        raise ModelFolderError(
+            f"model {model}: no config.json in this folder, so it is not a model; point "
+            "--model (or spec.rewrite.engine.model) at the folder holding config.json and "
+            "the weights"
+        )
 
 
 def check_engine_tools(job: Job) -> None:

@@ -20,6 +20,7 @@ from typing import IO, Any
 from palimpsest.records import (
     JSONL,
     PARQUET,
+    CorruptObjectError,
     RawRecord,
     compression_of,
     format_of,
@@ -264,6 +265,8 @@ def _sample_bytes_per_record(store: Store, obj: ObjectInfo) -> float:
                 break
             seen += len(chunk)
             lines += chunk.count(b"\n")
+    except (EOFError, OSError, ValueError) as exc:  # gzip/zstd errors on a damaged object
+        raise CorruptObjectError(f"{obj.uri}: damaged {compression} stream: {exc}") from exc
     finally:
         stream.close()
     consumed = counting.count if compression else seen

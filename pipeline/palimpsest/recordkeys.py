@@ -20,11 +20,15 @@ from palimpsest.recordfields import KEY_FIELD
 from palimpsest.records import RawRecord
 
 
+def canonical_id(value: object) -> str:
+    """The key of a record whose id is `value`: its canonical JSON."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def natural_key(raw: RawRecord, id_field: str) -> str:
     """The key before de-duplication: the id's canonical JSON, else where the item came from."""
     if raw.record is not None and id_field in raw.record:
-        value = raw.record[id_field]
-        return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return canonical_id(raw.record[id_field])
     return f"@{raw.source}:{raw.position}"
 
 

@@ -7,6 +7,7 @@ RewriteJob; both use these, so a bad value gets the same message whichever reads
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -16,7 +17,11 @@ def known(data: Mapping[str, Any], where: str, keys: set[str] | frozenset[str]) 
     """Reject a key that no parser reads (usually a typo), naming it and the known ones."""
     unknown = sorted(str(k) for k in data if k not in keys)
     if unknown:
-        raise ValueError(f"{where}.{unknown[0]}: unknown field (known: {', '.join(sorted(keys))})")
+        close = difflib.get_close_matches(unknown[0], sorted(keys), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ValueError(
+            f"{where}.{unknown[0]}: unknown field ({hint}known: {', '.join(sorted(keys))})"
+        )
 
 
 def mapping(value: Any, where: str) -> Mapping[str, Any]:

@@ -23,6 +23,8 @@ from typing import IO, Any, Protocol
 
 from botocore.exceptions import BotoCoreError
 
+from palimpsest.usererrors import check_scheme
+
 S3_SCHEME = "s3://"
 
 # Retries of transient S3 errors (throttling, 5xx, connection resets): boto3's "standard"
@@ -128,7 +130,9 @@ class LocalStore:
         elif root.is_dir():
             paths = [p for p in root.rglob("*") if p.is_file()]
         else:
-            raise StorageError(f"no such file or directory: {prefix}")
+            raise StorageError(f"no such file or directory: {prefix}") from FileNotFoundError(
+                prefix
+            )
         infos = []
         for path in sorted(paths):
             stat = path.stat()
@@ -257,11 +261,14 @@ class S3Store:
         bucket, key = split_s3(prefix)
         paginator = self._client.get_paginator("list_objects_v2")
         infos = []
-        for page in paginator.paginate(Bucket=bucket, Prefix=key):
-            for item in page.get("Contents", []):
-                infos.append(
-                    ObjectInfo(f"s3://{bucket}/{item['Key']}", int(item["Size"]), item["ETag"])
-                )
+        try:
+            for page in paginator.paginate(Bucket=bucket, Prefix=key):
+                for item in page.get("Contents", []):
+                    infos.append(
+                        ObjectInfo(f"s3://{bucket}/{item['Key']}", int(item["Size"]), item["ETag"])
+                    )
+        except (self._client.exceptions.ClientError, BotoCoreError) as exc:
+            raise StorageError(f"cannot list {prefix}: {exc}") from exc
         infos.sort(key=lambda info: info.uri)
         return infos
 
@@ -381,6 +388,7 @@ _S3_STORES: dict[S3Settings, S3Store] = {}
 
 def store_for(uri: str, s3: S3Settings | None = None) -> Store:
     """The store that serves `uri`; S3 clients are shared per settings."""
+    check_scheme(uri)
     if not is_s3(uri):
         return LocalStore()
     settings = s3 or S3Settings()

@@ -9,7 +9,9 @@ work (no new requests, same markers), and that the report is written next to the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from palimpsest.commit import marker_uri, read_marker
 from palimpsest.localrun import LocalOptions, load_job
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore, S3Settings, S3Store
+from tests.support.jobs import write_job_file
 from tests.support.openai_server import Reply, ScriptedOpenAIServer
 from tests.support.s3server import S3Server
 from tests.vllm import env
@@ -50,14 +53,7 @@ def write_code_input(path: Path) -> None:
 
 
 def write_job(path: Path, spec: dict[str, Any], name: str = "local") -> Path:
-    manifest = {
-        "apiVersion": "palimpsest.dev/v1alpha1",
-        "kind": "RewriteJob",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    path.write_text(yaml.safe_dump(manifest))
-    return path
+    return write_job_file(path, spec, name)
 
 
 def stage_sums(output: Path, stage_id: str) -> Stats:
@@ -125,6 +121,28 @@ def test_filter_only_job_with_relative_paths(
     assert check_summary_equals_markers(output) == summary
 
 
+def test_progress_in_a_log_is_json_lines_not_bars(tmp_path: Path) -> None:
+    """stderr is a pipe here, as in a pod or a CI log: no bar redraws, one JSON line per
+    interval (every record with a zero interval) and one at the end."""
+    write_code_input(tmp_path / "in.jsonl")
+    spec = {"recipe": "swallowcode", "stages": ["filter"], "input": {"uri": "in.jsonl"}}
+    job = write_job(tmp_path / "job.yaml", {**spec, "output": {"uri": "out"}})
+    result = subprocess.run(
+        [sys.executable, "-m", "palimpsest.cli", "run", str(job), "--workers", "1"],
+        cwd=tmp_path,
+        env={**os.environ, "PALIMPSEST_PROGRESS_SECONDS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr
+    lines = [json.loads(t) for t in result.stderr.splitlines() if t.startswith('{"progress"')]
+    assert [line["records"] for line in lines] == [*range(1, GOOD + 3), GOOD + 2]
+    assert all(line["progress"] == "filter" and line["total"] == GOOD + 2 for line in lines)
+    assert lines[-1]["eta_seconds"] == 0
+
+
 def test_filter_job_on_s3(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     store = S3Store(S3Settings(endpoint_url=s3_server.endpoint))
     write_code_input(tmp_path / "in.jsonl")
@@ -167,6 +185,20 @@ def code_model(body: dict[str, Any]) -> Reply:
     return Reply(f"```python\n{last}# o\n```", prompt_tokens=25, completion_tokens=15)
 
 
+def code_job_spec(input_path: Path, output: Path, base_url: str) -> dict[str, Any]:
+    """SwallowCode over `input_path`, 4 records a shard, on the OpenAI-compatible server."""
+    return {
+        "recipe": "swallowcode",
+        "input": {"uri": str(input_path)},
+        "output": {"uri": str(output)},
+        "sharding": {"recordsPerShard": 4},
+        "rewrite": {
+            "engine": {"type": "openai", "model": "scripted", "baseURL": base_url},
+            "sampling": {"maxTokens": 256},
+        },
+    }
+
+
 @pytest.fixture()
 def server() -> Iterator[ScriptedOpenAIServer]:
     scripted = ScriptedOpenAIServer()
@@ -177,19 +209,8 @@ def server() -> Iterator[ScriptedOpenAIServer]:
 
 def test_full_job_on_the_openai_engine(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
     write_code_input(tmp_path / "in.jsonl")
-    job = write_job(
-        tmp_path / "job.yaml",
-        {
-            "recipe": "swallowcode",
-            "input": {"uri": str(tmp_path / "in.jsonl")},
-            "output": {"uri": str(tmp_path / "elsewhere")},
-            "sharding": {"recordsPerShard": 4},
-            "rewrite": {
-                "engine": {"type": "openai", "model": "scripted", "baseURL": server.base_url},
-                "sampling": {"maxTokens": 256},
-            },
-        },
-    )
+    spec = code_job_spec(tmp_path / "in.jsonl", tmp_path / "elsewhere", server.base_url)
+    job = write_job(tmp_path / "job.yaml", spec)
     output = tmp_path / "out"
     argv = ["run", str(job), "--output", str(output), "--workers", "1", "--no-progress"]
     assert main(argv) == 0

@@ -2,14 +2,18 @@
 
 `prepared(job)` plans the input, stores the plan and the job document under the job's output
 (on S3 or a local folder) and returns the local runner's view of it; `worker_command` is the
-command line a worker pod of one stage group runs for that document.
+command line a worker pod of one stage group runs for that document; `write_job_file` writes a
+RewriteJob manifest for `palimpsest run`.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from palimpsest.engines.settings import EngineSettings
 from palimpsest.job import InputSpec, Job, RewriteSettings, StorageSpec
@@ -17,6 +21,18 @@ from palimpsest.localrun import LocalJob, LocalOptions, prepare
 from palimpsest.names import API_VERSION, KIND
 from palimpsest.plan import PlanSettings
 from palimpsest.stages.filter import FilterSettings
+
+
+def write_job_file(path: Path, spec: dict[str, Any], name: str = "test") -> Path:
+    """A RewriteJob manifest with this spec, written to `path`."""
+    manifest = {
+        "apiVersion": "palimpsest.dev/v1alpha1",
+        "kind": "RewriteJob",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return path
 
 
 def make_job(

@@ -58,9 +58,14 @@ def _wait_ready(endpoint: str, proc: subprocess.Popen[bytes], timeout: float) ->
 
 
 def start(
-    port: int | None = None, log_path: Path | None = None, timeout: float = 30.0
+    port: int | None = None,
+    log_path: Path | None = None,
+    timeout: float = 30.0,
+    check_credentials: bool = False,
 ) -> tuple[S3Server, subprocess.Popen[bytes]]:
-    """Start moto's server on loopback; returns the endpoint and the process to stop later."""
+    """Start moto's server on loopback; returns the endpoint and the process to stop later.
+    With `check_credentials` it refuses every key pair (403 InvalidAccessKeyId), as S3 does
+    for keys it does not know."""
     port = port or free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
@@ -68,7 +73,11 @@ def start(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
         stderr=log,
-        env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
+        env={
+            **os.environ,
+            "MOTO_ALLOW_NONEXISTENT_REGION": "true",
+            **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else {}),
+        },
         start_new_session=True,
     )
     _wait_ready(endpoint, proc, timeout)

@@ -14,18 +14,11 @@ from palimpsest.document import read_document
 from palimpsest.localrun import LocalOptions, LocalRunError, load_job, prepare, resolve_uri
 from palimpsest.stagerun import llm_plans
 from palimpsest.storage import LocalStore
+from tests.support.jobs import write_job_file
 
 
 def write_job(tmp_path: Path, spec: dict[str, Any]) -> Path:
-    manifest = {
-        "apiVersion": "palimpsest.dev/v1alpha1",
-        "kind": "RewriteJob",
-        "metadata": {"name": "unit"},
-        "spec": spec,
-    }
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
+    return write_job_file(tmp_path / "job.yaml", spec, "unit")
 
 
 def code_spec(**extra: Any) -> dict[str, Any]:
@@ -114,6 +107,6 @@ def test_dry_run_plans_and_runs_nothing(workdir: Path, capsys: pytest.CaptureFix
     assert sorted(p.name for p in (workdir / "out").iterdir()) == ["_jobs", "_plans"]
 
 
-def test_bad_job_file_exits_3(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", str(workdir / "missing.yaml")]) == 3
-    assert "missing.yaml" in capsys.readouterr().err
+def test_missing_job_file_exits_4(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(workdir / "missing.yaml")]) == 4
+    assert "missing.yaml: cannot read the job file" in capsys.readouterr().err

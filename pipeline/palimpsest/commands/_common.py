@@ -1,5 +1,5 @@
 """Options shared by several commands (S3 endpoint, record fields, filter settings), and the
-one way commands report a configuration that cannot work."""
+one way commands report a configuration that cannot work or another expected failure."""
 
 from __future__ import annotations
 
@@ -19,6 +19,17 @@ def config_error(exc: BaseException | str) -> int:
     """Print one line naming what is wrong; the exit code of a configuration error."""
     print(f"error: {exc}", file=sys.stderr)
     return EXIT_CONFIG_ERROR
+
+
+def user_error(exc: BaseException) -> int:
+    """Print the one line for an expected failure; its exit code (3 when not more specific)."""
+    from palimpsest.usererrors import explain
+
+    explained = explain(exc)
+    if explained is None:
+        return config_error(exc)
+    print(explained.line(), file=sys.stderr)
+    return explained.code
 
 
 def add_s3_arguments(parser: argparse.ArgumentParser) -> None:

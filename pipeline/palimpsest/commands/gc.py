@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from palimpsest.commands._common import add_s3_arguments, config_error, s3_settings
+from palimpsest.commands._common import add_s3_arguments, s3_settings, user_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         garbage = find_garbage(store, args.output)
     except StorageError as exc:
-        return config_error(exc)
+        return user_error(exc)
     for stage, objects in garbage.objects.items():
         size = sum(o.size for o in objects)
         verb = "deleting" if args.delete else "would free"

@@ -4,7 +4,8 @@ It builds the same job a RewriteJob with those stages would be and runs it with 
 runner (the rewrite worker's code) in a work folder (kept with --work-dir, so an interrupted
 run resumes from its checkpoints); then it writes the last stage's outputs to OUT, every
 stage's rejects (with `reject_reason` and `reject_stage`) to REJ, and the stats of each stage
-to STATS.json.
+to STATS.json. With `--input-format/--output-format openai-batch` it reads OpenAI Batch request
+lines and writes batch response lines (see `palimpsest.openai_batch`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from palimpsest.commands._common import (
     add_field_arguments,
     add_s3_arguments,
-    config_error,
     input_spec,
+    s3_settings,
     storage_spec,
+    user_error,
 )
 from palimpsest.commands.workfolder import add_work_arguments, default_rejects_uri, work_folder
 from palimpsest.stages.registry import RECIPES, STAGES, Runner
@@ -27,8 +29,10 @@ from palimpsest.stages.registry import RECIPES, STAGES, Runner
 if TYPE_CHECKING:
     from palimpsest.engines.settings import EngineSettings
     from palimpsest.job import Job
+    from palimpsest.localrun import LocalJob
     from palimpsest.rewrite.runner import RunnerSettings
 
+BATCH = "openai-batch"
 LLM_STAGES = tuple(name for name, entry in STAGES.items() if entry.runner is Runner.LLM)
 
 
@@ -40,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("output", metavar="OUT", help="rewritten records (format from the name)")
     add_work_arguments(parser)
+    add_format_arguments(parser)
     add_recipe_arguments(parser)
     add_engine_arguments(parser)
     add_field_arguments(parser)
@@ -50,6 +55,19 @@ def default_stages_help() -> str:
     return "; ".join(
         f"{r.name} {','.join(s for s in r.default if s in LLM_STAGES)}" for r in RECIPES.values()
     )
+
+
+def add_format_arguments(parser: argparse.ArgumentParser) -> None:
+    formats = {
+        "input": "records, format from the name; or OpenAI Batch request lines (custom_id -> "
+        "the record id, the last user message -> the text)",
+        "output": "records to OUT and REJ; or OpenAI Batch response lines to OUT "
+        "(response.body with usage for kept records, error for rejects)",
+    }
+    for direction, meaning in formats.items():
+        parser.add_argument(
+            f"--{direction}-format", choices=("auto", BATCH), default="auto", help=meaning
+        )
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
@@ -208,23 +226,68 @@ def run(args: argparse.Namespace) -> int:
 
     with work_folder(args) as work:
         try:
+            if args.input_format == BATCH:
+                args = batch_input(args, work)
             job = rewrite_job(args, work)
             prompts_dir = Path(args.prompts_dir) if args.prompts_dir else None
             local = prepare(job, LocalOptions(), prompts_dir)
             run_job(local, LocalOptions(), None, runner_settings(args))
         except (LocalRunError, ValueError) as exc:
-            return config_error(exc)
+            return user_error(exc)
         except EngineDeadError as exc:
             print(f"error: the engine died: {exc}", file=sys.stderr)
             return 1
-        rejects = args.rejects or default_rejects_uri(args.output)
-        summary = export(local, job.stages, args.output, rejects)
+        if args.output_format == BATCH:
+            summary = batch_output(local, args, work)
+        else:
+            rejects = args.rejects or default_rejects_uri(args.output)
+            summary = export(local, job.stages, args.output, rejects)
     if args.stats:
         from palimpsest.storage import store_for
 
         store_for(args.stats).put_bytes(args.stats, json.dumps(summary, indent=1).encode("utf-8"))
     print(json.dumps(brief(summary)), file=sys.stderr)
     return 0
+
+
+def batch_input(args: argparse.Namespace, work: str) -> argparse.Namespace:
+    """The flags with IN replaced by the records of its batch requests (in the work folder)."""
+    from palimpsest import openai_batch
+    from palimpsest.localrun import resolve_uri
+    from palimpsest.storage import join, store_for
+
+    source = resolve_uri(args.input)
+    records = join(work, "_batch", "requests.jsonl")
+    openai_batch.convert_requests(
+        store_for(source, s3_settings(args)), source, store_for(records), records
+    )
+    return argparse.Namespace(
+        **{
+            **vars(args),
+            "input": records,
+            "text_field": openai_batch.TEXT_FIELD,
+            "id_field": openai_batch.ID_FIELD,
+        }
+    )
+
+
+def batch_output(local: LocalJob, args: argparse.Namespace, work: str) -> dict[str, Any]:
+    """Export the results, then write them to OUT as batch response lines (rejects as errors)."""
+    from palimpsest import openai_batch
+    from palimpsest.localrun import export
+    from palimpsest.storage import join, store_for
+
+    kept, rejects = join(work, "_batch", "kept.jsonl"), join(work, "_batch", "rejects.jsonl")
+    summary = export(local, local.job.stages, kept, rejects)
+    openai_batch.write_responses(
+        store_for(kept),
+        kept,
+        rejects,
+        store_for(args.output, s3_settings(args)),
+        args.output,
+        local.job.engine.model,
+    )
+    return summary
 
 
 def brief(summary: dict[str, Any]) -> dict[str, Any]:

@@ -1,14 +1,17 @@
 """`palimpsest run JOB.yaml`: a whole RewriteJob on this machine, without Kubernetes.
 
 It runs the spec's stages with the cluster's plan, stage ids, markers and commit protocol
-(see `palimpsest.localrun`), so a re-run skips what is committed; shows a progress bar per
-stage; and ends with a summary of every stage and a report (`report.html`, `summary.json`)
-written next to the outputs (see `palimpsest.report`). Relative local paths in the job file
-are taken relative to the current working directory.
+(see `palimpsest.localrun`), so a re-run skips what is committed; shows each stage's progress
+(`palimpsest.progress`: bars on a terminal, JSON lines in logs); and ends with a summary of
+every stage and a report (`report.html`, `summary.json`) written next to the outputs (see
+`palimpsest.report`). Relative local paths in the job file are taken relative to the current
+working directory.
 
 Exit codes: 0 when every stage run is committed; 3 for a job that cannot run as written (bad
-spec or flags, missing tools, a model that cannot be loaded); 1 for other failures (a dead
-engine, storage errors), after which a re-run resumes.
+spec or flags, missing tools, a model that cannot be loaded); 4-7 for a missing input, access
+denied, an unreachable S3 endpoint, a model folder without config.json (see
+`palimpsest.usererrors`); 1 for other failures (a dead engine, storage errors), after which a
+re-run resumes.
 """
 
 from __future__ import annotations
@@ -17,14 +20,13 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from palimpsest.commands._common import config_error
+from palimpsest.commands._common import user_error
 
 if TYPE_CHECKING:
-    from palimpsest.localrun import LocalJob, LocalOptions, Progress
+    from palimpsest.localrun import LocalJob, LocalOptions
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated subset of the job's stages to run now (default: all); the "
         "others are read from their markers",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress (bars on a terminal, else a JSON line per stage every 30 s)",
+    )
     parser.add_argument(
         "--no-report",
         action="store_true",
@@ -87,7 +93,7 @@ def options_from(args: argparse.Namespace) -> LocalOptions:
 def run(args: argparse.Namespace) -> int:
     from palimpsest.engines.base import EngineDeadError
     from palimpsest.localrun import LocalRunError, load_job, prepare, run_job
-    from palimpsest.records import CorruptObjectError
+    from palimpsest.progress import progress_display
     from palimpsest.storage import StorageError
 
     options = options_from(args)
@@ -95,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         local = prepare(load_job(Path(args.job), options), options)
     except (LocalRunError, ValueError, StorageError) as exc:
-        return config_error(exc)
+        return user_error(exc)
     if local.job.dry_run:
         print(
             f"planned {len(local.plan.shards)} shards (~{local.plan.est_records} records) of "
@@ -103,14 +109,11 @@ def run(args: argparse.Namespace) -> int:
             "nothing run (spec.dryRun)"
         )
         return 0
-    progress, close_bars = tqdm_progress(enabled=not args.no_progress)
+    progress, close_bars = progress_display(enabled=not args.no_progress)
     try:
         run_job(local, options, progress)
-    except (LocalRunError, CorruptObjectError) as exc:
-        return config_error(exc)
-    except StorageError as exc:
-        print(f"error: {exc}; a re-run resumes", file=sys.stderr)
-        return 1
+    except (LocalRunError, ValueError, StorageError) as exc:
+        return user_error(exc)
     except EngineDeadError as exc:
         print(f"error: the engine died: {exc}; a re-run resumes", file=sys.stderr)
         return 1
@@ -155,28 +158,3 @@ def report(local: LocalJob, seconds: float) -> None:
     print(summary_text(data))
     print(f"  report: {report_uri} (this invocation: {seconds:.1f} s)")
     print(f"  dataset card: {card_uri}")
-
-
-def tqdm_progress(enabled: bool) -> tuple[Progress, Callable[[], None]]:
-    """A progress factory backed by one tqdm bar per stage, and a function closing them."""
-    from tqdm import tqdm
-
-    bars: list[Any] = []
-
-    def open_bar(kind: str, position: int, total: int | None) -> Callable[[int], None]:
-        bar = tqdm(
-            total=total,
-            desc=f"{kind:<9}",
-            unit="rec",
-            position=position,
-            disable=not enabled,
-            file=sys.stderr,
-        )
-        bars.append(bar)
-        return bar.update  # type: ignore[no-any-return]
-
-    def close() -> None:
-        for bar in bars:
-            bar.close()
-
-    return open_bar, close

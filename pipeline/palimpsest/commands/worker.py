@@ -199,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_records(work: Assignment, workers: int | None) -> dict[str, Any]:
+    from palimpsest.progress import progress_display
     from palimpsest.stagerun import run_records_shard
     from palimpsest.stages.registry import STAGES
 
@@ -209,9 +210,14 @@ def run_records(work: Assignment, workers: int | None) -> dict[str, Any]:
     results = {}
     with entry.open(work.document.job, workers) as stage:
         for shard in work.shards:
-            result = run_records_shard(
-                job_store(work.document), work.document, work.plan, ref, stage, shard
-            )
+            open_display, close_display = progress_display(enabled=True)
+            tick = open_display(kind, 0, work.plan.shards[shard].est_records)
+            try:
+                result = run_records_shard(
+                    job_store(work.document), work.document, work.plan, ref, stage, shard, tick
+                )
+            finally:
+                close_display()
             results[str(shard)] = {
                 "committed": result.committed,
                 "already_done": result.already_done,

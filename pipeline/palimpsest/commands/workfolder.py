@@ -78,14 +78,14 @@ def run_records_command(
     (Job fields, e.g. filter=...) would be, over args.input into a work folder, as one shard;
     export its kept records to args.output and rejects to args.rejects, and print its counts
     (to args.stats too): what `palimpsest filter` and `palimpsest decontaminate` do."""
-    from palimpsest.commands._common import config_error, input_spec, storage_spec
-    from palimpsest.commands.run import tqdm_progress
+    from palimpsest.commands._common import input_spec, storage_spec, user_error
     from palimpsest.job import Job
     from palimpsest.localrun import LocalOptions, LocalRunError, export, prepare, run_job
     from palimpsest.plan import PlanSettings
+    from palimpsest.progress import progress_display
     from palimpsest.records import CorruptObjectError
 
-    progress, close_bars = tqdm_progress(enabled=not args.no_progress)
+    progress, close_bars = progress_display(enabled=not args.no_progress)
     with work_folder(args) as work:
         try:
             job = Job(
@@ -101,7 +101,7 @@ def run_records_command(
             local = prepare(job, LocalOptions())
             run_job(local, LocalOptions(workers=workers), progress)
         except (LocalRunError, ValueError, CorruptObjectError) as exc:
-            return config_error(exc)
+            return user_error(exc)
         finally:
             close_bars()
         rejects = args.rejects or default_rejects_uri(args.output)
