@@ -56,10 +56,13 @@ ENGINE_DECIDING: Final = (
     "max_model_len",
     "sampling",
     "engine_args",
+    "speculative",
 )
 """EngineSettings fields that can change what a stage generates (max_model_len decides which
 prompts are rejected as prompt_too_long). Of `engine_args`, every key but those in
-VLLM_ARGS_NOT_DECIDING counts: an unknown argument is assumed to decide."""
+VLLM_ARGS_NOT_DECIDING counts: an unknown argument is assumed to decide. `speculative` decides:
+its verification keeps the model's distribution, but it draws its random numbers differently,
+so a seeded stage gets other tokens with it than without, and one id names one set of outputs."""
 
 ENGINE_NOT_DECIDING: Final = (
     "max_in_flight",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from palimpsest.engines.base import SamplingSettings
-from palimpsest.engines.settings import EngineSettings
+from palimpsest.engines.settings import EngineSettings, SpeculativeSettings
 from palimpsest.names import API_VERSION, KIND
 from palimpsest.plan import INPUT_FORMATS, PlanSettings
 from palimpsest.records import Fields
@@ -351,8 +351,17 @@ ENGINE_KEYS: Final[Mapping[str, str]] = {
     "dtype": "dtype",
     "maxInFlight": "max_in_flight",
     "engineArgs": "engine_args",
+    "speculative": "speculative",
 }
 """spec.rewrite.engine keys and the EngineSettings fields they set."""
+
+SPECULATIVE_KEYS: Final[Mapping[str, str]] = {
+    "method": "method",
+    "numSpeculativeTokens": "num_speculative_tokens",
+    "promptLookupMax": "prompt_lookup_max",
+    "promptLookupMin": "prompt_lookup_min",
+}
+"""spec.rewrite.engine.speculative keys and the SpeculativeSettings fields they set."""
 
 SAMPLING_KEYS: Final[Mapping[str, str]] = {
     "temperature": "temperature",
@@ -366,7 +375,9 @@ SAMPLING_KEYS: Final[Mapping[str, str]] = {
 _FLOATS: Final = frozenset({"gpu_memory_utilization", "temperature", "top_p"})
 _INTS: Final = frozenset(
     {"tensor_parallel_size", "max_model_len", "max_in_flight", "max_tokens", "n", "seed"}
+    | {"num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"}
 )
+_MAPPINGS: Final = frozenset({"engine_args", "speculative"})
 
 
 def _engine(data: Mapping[str, Any], sampling: Mapping[str, Any]) -> EngineSettings:
@@ -377,6 +388,8 @@ def _engine(data: Mapping[str, Any], sampling: Mapping[str, Any]) -> EngineSetti
     values = _settings(data, ENGINE_KEYS, where)
     if "engine_args" in values:
         values["engine_args"] = dict(mapping(values["engine_args"], f"{where}.engineArgs"))
+    if "speculative" in values:
+        values["speculative"] = _speculative(values["speculative"], f"{where}.speculative")
     _known(sampling, "spec.rewrite.sampling", frozenset(SAMPLING_KEYS))
     try:
         values["sampling"] = SamplingSettings(
@@ -388,6 +401,15 @@ def _engine(data: Mapping[str, Any], sampling: Mapping[str, Any]) -> EngineSetti
         return EngineSettings(**values)
     except ValueError as exc:
         raise _respelled(exc, where, ENGINE_KEYS) from exc
+
+
+def _speculative(value: Any, where: str) -> SpeculativeSettings:
+    data = mapping(value, where)
+    _known(data, where, frozenset(SPECULATIVE_KEYS))
+    try:
+        return SpeculativeSettings(**_settings(data, SPECULATIVE_KEYS, where))
+    except ValueError as exc:
+        raise _respelled(exc, where, SPECULATIVE_KEYS) from exc
 
 
 def _respelled(exc: ValueError, where: str, keys: Mapping[str, str]) -> ValueError:
@@ -409,7 +431,7 @@ def _settings(data: Mapping[str, Any], keys: Mapping[str, str], where: str) -> d
             value = number(value, path)
         elif name in _INTS:
             value = integer(value, path, minimum=0 if name == "seed" else 1)
-        elif name != "engine_args":
+        elif name not in _MAPPINGS:
             value = string(value, path)
         values[name] = value
     return values

@@ -71,6 +71,21 @@ def test_a_document_round_trips(tmp_path: Path) -> None:
     assert again.uri() == uri, "content-addressed: the same job gives the same name"
 
 
+def test_speculative_decoding_travels_in_the_document() -> None:
+    body = manifest(Path("/data"))
+    body["spec"]["rewrite"]["engine"] = {
+        "type": "vllm",
+        "model": "m",
+        "speculative": {"method": "ngram", "numSpeculativeTokens": 3},
+    }
+    job = parse_job(body)
+    document = JobDocument(job, "p1", "/data/out/_plans/p1.json", job_prompts(job))
+    again = JobDocument.from_json(document.to_json(), "doc")
+    assert again.job.engine.speculative == job.engine.speculative
+    assert again.job.engine.speculative is not None
+    assert again.job.engine.speculative.num_speculative_tokens == 3
+
+
 def test_a_document_whose_ids_this_program_would_not_compute_is_refused(tmp_path: Path) -> None:
     write_input(tmp_path / "in")
     uri = operator_document(tmp_path)[2]

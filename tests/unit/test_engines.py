@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from palimpsest.engines import (
     make_engine,
 )
 from palimpsest.engines.openai_engine import OpenAIEngine
+from palimpsest.engines.settings import SpeculativeSettings
 from palimpsest.engines.vllm_engine import VllmEngine, fold_system_into_user
 
 
@@ -62,6 +64,27 @@ def test_bad_engine_settings_name_the_field(values: dict[str, Any], field: str) 
     base: dict[str, Any] = {"type": "vllm", "model": "m"}
     with pytest.raises(EngineSettingsError, match=f"^{field}:"):
         EngineSettings(**{**base, **values})
+
+
+def test_speculative_decoding_reaches_vllm_as_its_speculative_config() -> None:
+    spec = SpeculativeSettings(num_speculative_tokens=6, prompt_lookup_max=3, prompt_lookup_min=2)
+    engine = VllmEngine(EngineSettings(type="vllm", model="org/m", speculative=spec))
+    engine._vllm = SimpleNamespace(AsyncEngineArgs=dict)
+    args = engine._engine_args("org/m")
+    assert args["speculative_config"] == {
+        "method": "ngram",
+        "num_speculative_tokens": 6,
+        "prompt_lookup_max": 3,
+        "prompt_lookup_min": 2,
+    }
+    plain = VllmEngine(EngineSettings(type="vllm", model="org/m"))
+    plain._vllm = engine._vllm
+    assert "speculative_config" not in plain._engine_args("org/m")
+
+
+def test_speculative_config_is_set_only_through_its_own_setting() -> None:
+    with pytest.raises(EngineSettingsError, match=r"^engine_args: set speculative decoding"):
+        EngineSettings(type="vllm", model="m", engine_args={"speculative_config": {}})
 
 
 def test_in_flight_defaults_per_engine_type() -> None:

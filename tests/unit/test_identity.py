@@ -12,7 +12,7 @@ import pytest
 
 from palimpsest.document import job_prompts
 from palimpsest.engines.base import SamplingSettings
-from palimpsest.engines.settings import EngineSettings
+from palimpsest.engines.settings import EngineSettings, SpeculativeSettings
 from palimpsest.identity import (
     ENGINE_DECIDING,
     ENGINE_NOT_DECIDING,
@@ -47,6 +47,7 @@ CHANGED_ENGINE: dict[str, Any] = {
     "max_model_len": 4096,
     "sampling": SamplingSettings(temperature=0.7),
     "engine_args": {"seed": 3},
+    "speculative": SpeculativeSettings(),
     "max_in_flight": 7,
     "tensor_parallel_size": 4,
     "gpu_memory_utilization": 0.5,

@@ -11,6 +11,7 @@ import pytest
 from palimpsest.cli import build_parser
 from palimpsest.commands.rewrite import rewrite_job
 from palimpsest.document import job_prompts
+from palimpsest.engines.settings import SpeculativeSettings
 from palimpsest.identity import stage_refs
 from palimpsest.job import Job, parse_job
 from palimpsest.stages.registry import RECIPES
@@ -83,6 +84,48 @@ def test_settings_have_the_pipeline_types() -> None:
         "n": 2,
         "seed": 7,
     }
+
+
+def speculative(value: Any, engine_type: str = "vllm") -> dict[str, Any]:
+    engine = {"type": engine_type, "model": "m", "baseURL": "http://llm/v1", "speculative": value}
+    return {"rewrite": {"engine": engine}}
+
+
+BAD_SPECULATIVE: list[tuple[Any, str]] = [
+    ("ngram", "spec.rewrite.engine.speculative"),
+    ({"method": "eagle"}, "spec.rewrite.engine.speculative.method"),
+    ({"numSpeculativeTokens": 0}, "spec.rewrite.engine.speculative.numSpeculativeTokens"),
+    ({"numSpeculativeTokens": "4"}, "spec.rewrite.engine.speculative.numSpeculativeTokens"),
+    (
+        {"promptLookupMin": 3, "promptLookupMax": 2},
+        "spec.rewrite.engine.speculative.promptLookupMax",
+    ),
+    ({"lookahead": 2}, "spec.rewrite.engine.speculative.lookahead"),
+]
+
+
+def test_speculative_decoding_is_parsed_with_its_defaults() -> None:
+    assert parse_job(BASE).engine.speculative is None
+    job = parse_job(manifest(**speculative({"numSpeculativeTokens": 6, "promptLookupMax": 5})))
+    assert job.engine.speculative == SpeculativeSettings(
+        method="ngram", num_speculative_tokens=6, prompt_lookup_max=5, prompt_lookup_min=1
+    )
+    assert parse_job(manifest(**speculative({}))).engine.speculative == SpeculativeSettings()
+
+
+def test_speculative_decoding_is_the_same_from_the_cli_and_the_resource() -> None:
+    cli = ["rewrite", "/data/in", "/data/out.jsonl", "--recipe", "swallowcode", "--model", "m"]
+    args = build_parser().parse_args([*cli, "--speculative", "ngram", "--prompt-lookup-max", "3"])
+    resource = parse_job(manifest(**speculative({"promptLookupMax": 3})))
+    assert rewrite_job(args, "/data/out").engine.speculative == resource.engine.speculative
+    assert rewrite_job(build_parser().parse_args(cli), "/data/out").engine.speculative is None
+
+
+def test_speculative_decoding_is_refused_for_a_server() -> None:
+    with pytest.raises(
+        ValueError, match=r"^spec\.rewrite\.engine\.speculative: applies to the vllm"
+    ):
+        parse_job(manifest(**speculative({}, engine_type="openai")))
 
 
 def test_input_format_decides_the_plan_settings() -> None:
@@ -171,6 +214,7 @@ def test_translate_needs_a_language_whichever_way_the_job_is_built() -> None:
         ),
         ({"dryRun": 1}, "spec.dryRun"),
         ({"colour": "blue"}, "spec.colour"),
+        *[(speculative(value), field) for value, field in BAD_SPECULATIVE],
     ],
 )
 def test_bad_values_name_their_field(spec: dict[str, Any], field: str) -> None:

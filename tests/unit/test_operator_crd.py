@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from palimpsest.engines.settings import SPECULATIVE_METHODS, SpeculativeSettings
+from palimpsest.job import SPECULATIVE_KEYS
 from palimpsest_operator import constants as c
 from tests.unit.test_operator_reconcile import Harness
 
@@ -96,3 +98,14 @@ def test_every_key_is_a_string() -> None:
         return bad
 
     assert walk(crd(), "") == []
+
+
+def test_speculative_decoding_schema_follows_the_parser() -> None:
+    engine = schema()["properties"]["spec"]["properties"]["rewrite"]["properties"]["engine"]
+    speculative = engine["properties"]["speculative"]
+    assert set(speculative["properties"]) == set(SPECULATIVE_KEYS)
+    assert speculative["properties"]["method"]["enum"] == list(SPECULATIVE_METHODS)
+    defaults = SpeculativeSettings()
+    for key, field in SPECULATIVE_KEYS.items():
+        assert speculative["properties"][key]["default"] == getattr(defaults, field), key
+    assert "self.type == 'vllm' || !has(self.speculative)" in rules(engine)

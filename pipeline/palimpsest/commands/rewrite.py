@@ -27,7 +27,7 @@ from palimpsest.commands.workfolder import add_work_arguments, default_rejects_u
 from palimpsest.stages.registry import RECIPES, STAGES, Runner
 
 if TYPE_CHECKING:
-    from palimpsest.engines.settings import EngineSettings
+    from palimpsest.engines.settings import EngineSettings, SpeculativeSettings
     from palimpsest.job import Job
     from palimpsest.localrun import LocalJob
     from palimpsest.rewrite.runner import RunnerSettings
@@ -120,6 +120,21 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=JSON",
         help="(vllm) extra engine argument, e.g. enforce_eager=true (repeatable)",
     )
+    group.add_argument(
+        "--speculative",
+        choices=("ngram",),
+        default=None,
+        help="(vllm) speculative decoding method (default: none)",
+    )
+    group.add_argument(
+        "--num-speculative-tokens", type=int, default=4, help="(vllm) tokens guessed per step"
+    )
+    group.add_argument(
+        "--prompt-lookup-max", type=int, default=4, help="(vllm, ngram) longest n-gram looked up"
+    )
+    group.add_argument(
+        "--prompt-lookup-min", type=int, default=1, help="(vllm, ngram) shortest n-gram looked up"
+    )
     group.add_argument("--temperature", type=float, default=0.2)
     group.add_argument("--top-p", type=float, default=0.7)
     group.add_argument("--max-tokens", type=int, default=8192)
@@ -177,8 +192,22 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         gpu_memory_utilization=args.gpu_memory_utilization,
         dtype=args.dtype,
         engine_args=engine_args,
+        speculative=speculative_settings(args),
         base_url=args.base_url,
         api_key_env=args.api_key_env,
+    )
+
+
+def speculative_settings(args: argparse.Namespace) -> SpeculativeSettings | None:
+    from palimpsest.engines.settings import SpeculativeSettings
+
+    if args.speculative is None:
+        return None
+    return SpeculativeSettings(
+        method=args.speculative,
+        num_speculative_tokens=args.num_speculative_tokens,
+        prompt_lookup_max=args.prompt_lookup_max,
+        prompt_lookup_min=args.prompt_lookup_min,
     )
 
 

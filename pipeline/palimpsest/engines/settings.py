@@ -21,6 +21,49 @@ DEFAULT_MAX_IN_FLIGHT: Final[Mapping[str, int]] = {"vllm": 512, "openai": 64}
 (max_num_seqs, 256 by default) so its scheduler always has waiting work; a server: what one
 `vllm serve` replica batches well without piling up timeouts."""
 
+SPECULATIVE_METHODS: Final = ("ngram",)
+"""Speculative decoding methods: `ngram` proposes the tokens that followed the last few
+generated tokens where they occur in the prompt (prompt lookup); it needs no draft model and
+suits rewrites, which copy much of their input."""
+
+
+@dataclass(frozen=True)
+class SpeculativeSettings:
+    """(vllm) speculative decoding: cheap guesses of the next tokens that the model verifies
+    in one step; accepted guesses save steps, rejected ones cost a little compute."""
+
+    method: str = "ngram"
+    """One of SPECULATIVE_METHODS."""
+    num_speculative_tokens: int = 4
+    """Tokens guessed per step; more pays when long runs are copied, costs when guesses fail."""
+    prompt_lookup_max: int = 4
+    """(ngram) longest n-gram of recent output looked up in the prompt."""
+    prompt_lookup_min: int = 1
+    """(ngram) shortest n-gram looked up; shorter matches guess more often, and worse."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.method in SPECULATIVE_METHODS,
+            "speculative.method",
+            f"must be one of {SPECULATIVE_METHODS}, got {self.method!r}",
+        )
+        for name in ("num_speculative_tokens", "prompt_lookup_min"):
+            _check(getattr(self, name) >= 1, f"speculative.{name}", "must be >= 1")
+        _check(
+            self.prompt_lookup_max >= self.prompt_lookup_min,
+            "speculative.prompt_lookup_max",
+            "must be >= promptLookupMin",
+        )
+
+    def vllm_config(self) -> dict[str, Any]:
+        """The value of vLLM's `speculative_config` engine argument."""
+        return {
+            "method": self.method,
+            "num_speculative_tokens": self.num_speculative_tokens,
+            "prompt_lookup_max": self.prompt_lookup_max,
+            "prompt_lookup_min": self.prompt_lookup_min,
+        }
+
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -64,6 +107,8 @@ class EngineSettings:
     engine_args: Mapping[str, Any] = field(default_factory=dict)
     """(vllm) further keyword arguments for vLLM's AsyncEngineArgs (e.g. max_num_seqs,
     enforce_eager), passed as they are."""
+    speculative: SpeculativeSettings | None = None
+    """(vllm) speculative decoding; None decodes one token per step."""
 
     base_url: str | None = None
     """(openai) the API root, up to and including `/v1`, e.g. http://rewrite-llm:8000/v1."""
@@ -95,6 +140,16 @@ class EngineSettings:
         if self.max_model_len is not None:
             _check(self.max_model_len >= 2, "max_model_len", "must be >= 2")
         _check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization", "must be in (0, 1]")
+        _check(
+            "speculative_config" not in self.engine_args,
+            "engine_args",
+            "set speculative decoding with `speculative`, not speculative_config",
+        )
+        _check(
+            self.speculative is None or self.type == "vllm",
+            "speculative",
+            "applies to the vllm engine only (a server decodes as it was started)",
+        )
         if self.type == "openai":
             _check(bool(self.base_url), "base_url", "is required for the openai engine")
             _check(self.request_timeout > 0, "request_timeout", "must be > 0")

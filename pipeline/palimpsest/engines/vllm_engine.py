@@ -209,6 +209,8 @@ class VllmEngine(Engine):
             kwargs["tokenizer"] = s.tokenizer
         if s.quantization is not None:
             kwargs["quantization"] = s.quantization
+        if s.speculative is not None:
+            kwargs["speculative_config"] = s.speculative.vllm_config()
         kwargs.update(s.engine_args)
         return self._vllm.AsyncEngineArgs(**kwargs)
 
