@@ -44,7 +44,9 @@ DEFAULT_RECORDS_PER_SHARD: Final = 10_000
 CLUSTER_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec": frozenset({"retries", "queueName", "suspend"}),
     "spec.storage": frozenset({"secretRef"}),
-    "spec.filter": frozenset({"image", "resources", "parallelism", "podTemplate"}),
+    "spec.filter": frozenset(
+        {"image", "resources", "parallelism", "podTemplate", "nodeSelector", "tolerations"}
+    ),
     "spec.rewrite": frozenset(
         {
             "image",

@@ -157,6 +157,18 @@ def test_pods_run_as_the_images_user_with_writable_paths_only_on_volumes() -> No
             {"filter": {"resources": {"cpu": "3500m"}}},
             lambda j: flag(args_of(j), "--workers") == "3",
         ),
+        (
+            {
+                "filter": {
+                    "nodeSelector": {"pool": "batch"},
+                    "tolerations": [{"key": "batch", "operator": "Exists"}],
+                }
+            },
+            lambda j: (
+                (pod_of(j)["nodeSelector"], pod_of(j)["tolerations"])
+                == ({"pool": "batch"}, [{"key": "batch", "operator": "Exists"}])
+            ),
+        ),
     ],
 )
 def test_filter_job_options(changes: dict[str, Any], check: Any) -> None:
@@ -372,3 +384,14 @@ def test_model_pvc_holds_hf_home_and_a_read_only_one_is_offline(read_only: bool)
     assert env["HF_HOME"] == f"{c.MODELS_MOUNT}/huggingface"
     assert [e["name"] for e in worker["env"]].count("HF_HOME") == 1
     assert (env.get("HF_HUB_OFFLINE") == "1") is read_only
+
+
+@pytest.mark.parametrize("stage", ["filter", "rewrite"])
+@pytest.mark.parametrize(
+    ("field", "value"), [("tolerations", {"key": "x"}), ("nodeSelector", {"pool": 3})]
+)
+def test_placement_errors_name_the_field(stage: str, field: str, value: Any) -> None:
+    body = copy.deepcopy(SPEC)
+    body["spec"].setdefault(stage, {})[field] = value
+    with pytest.raises(ValueError, match=rf"^spec\.{stage}\.{field}"):
+        parse_placement(body)
