@@ -195,10 +195,25 @@ def _cpu(data: Mapping[str, Any], default: PoolPlacement) -> PoolPlacement:
         parallelism=integer(
             data.get("parallelism", default.parallelism), "spec.filter.parallelism", minimum=1
         ),
-        node_selector=dict(default.node_selector),
+        node_selector=_node_selector(data, default, "spec.filter"),
+        tolerations=_tolerations(data, default, "spec.filter"),
         pod_template=parse_pod_template(data.get("podTemplate"), "spec.filter.podTemplate"),
         active_deadline_seconds=_deadline(data, "spec.filter"),
     )
+
+
+def _node_selector(data: Mapping[str, Any], default: PoolPlacement, where: str) -> dict[str, str]:
+    selector = mapping(data.get("nodeSelector", default.node_selector), f"{where}.nodeSelector")
+    return {str(k): string(v, f"{where}.nodeSelector.{k}") for k, v in selector.items()}
+
+
+def _tolerations(
+    data: Mapping[str, Any], default: PoolPlacement, where: str
+) -> tuple[Mapping[str, Any], ...]:
+    tolerations = data.get("tolerations", [dict(t) for t in default.tolerations])
+    if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
+        raise ValueError(f"{where}.tolerations: must be a list of tolerations")
+    return tuple(dict(t) for t in tolerations)
 
 
 def _gpu(data: Mapping[str, Any], default: RewritePlacement) -> RewritePlacement:
@@ -209,16 +224,12 @@ def _gpu(data: Mapping[str, Any], default: RewritePlacement) -> RewritePlacement
     api_key = engine.get("apiKeySecretRef")
     hub_token = engine.get("hubTokenSecretRef")
     shards_per_pod = data.get("shardsPerPod")
-    tolerations = data.get("tolerations", [dict(t) for t in default.tolerations])
-    if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
-        raise ValueError(f"{where}.tolerations: must be a list of tolerations")
-    selector = mapping(data.get("nodeSelector", default.node_selector), f"{where}.nodeSelector")
     return RewritePlacement(
         image=string(data.get("image", default.image), f"{where}.image"),
         resources=_resources(data.get("resources"), f"{where}.resources", default.resources),
         parallelism=integer(data.get("parallelism", 1), f"{where}.parallelism", minimum=1),
-        node_selector={str(k): string(v, f"{where}.nodeSelector.{k}") for k, v in selector.items()},
-        tolerations=tuple(dict(t) for t in tolerations),
+        node_selector=_node_selector(data, default, where),
+        tolerations=_tolerations(data, default, where),
         priority_class=opt_string(data.get("priorityClassName"), f"{where}.priorityClassName"),
         prompts_config_map=opt_string(
             prompts.get("configMapName"), f"{where}.prompts.configMapName"

@@ -46,7 +46,15 @@ CLUSTER_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec": frozenset({"retries", "queueName", "suspend"}),
     "spec.storage": frozenset({"secretRef"}),
     "spec.filter": frozenset(
-        {"image", "resources", "parallelism", "podTemplate", "activeDeadlineSeconds"}
+        {
+            "image",
+            "resources",
+            "parallelism",
+            "podTemplate",
+            "activeDeadlineSeconds",
+            "nodeSelector",
+            "tolerations",
+        }
     ),
     "spec.rewrite": frozenset(
         {

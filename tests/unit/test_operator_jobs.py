@@ -174,6 +174,18 @@ def test_pods_run_as_the_images_user_with_writable_paths_only_on_volumes() -> No
                 flag(args_of(j), "--give-up") == "s3://bucket/out/_give-up/" + j["metadata"]["name"]
             ),
         ),
+        (
+            {
+                "filter": {
+                    "nodeSelector": {"pool": "batch"},
+                    "tolerations": [{"key": "batch", "operator": "Exists"}],
+                }
+            },
+            lambda j: (
+                (pod_of(j)["nodeSelector"], pod_of(j)["tolerations"])
+                == ({"pool": "batch"}, [{"key": "batch", "operator": "Exists"}])
+            ),
+        ),
     ],
 )
 def test_filter_job_options(changes: dict[str, Any], check: Any) -> None:
@@ -403,3 +415,14 @@ def test_active_deadline_is_per_stage(section: str, stages: tuple[StageRef, ...]
 def test_active_deadline_must_be_a_positive_integer(value: Any) -> None:
     with pytest.raises(ValueError, match=r"spec\.rewrite\.activeDeadlineSeconds"):
         build((SGCR, SCOR), rewrite__activeDeadlineSeconds=value)
+
+
+@pytest.mark.parametrize("stage", ["filter", "rewrite"])
+@pytest.mark.parametrize(
+    ("field", "value"), [("tolerations", {"key": "x"}), ("nodeSelector", {"pool": 3})]
+)
+def test_placement_errors_name_the_field(stage: str, field: str, value: Any) -> None:
+    body = copy.deepcopy(SPEC)
+    body["spec"].setdefault(stage, {})[field] = value
+    with pytest.raises(ValueError, match=rf"^spec\.{stage}\.{field}"):
+        parse_placement(body)
