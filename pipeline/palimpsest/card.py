@@ -107,12 +107,13 @@ def data_files(store: Store, output_uri: str, ref: StageRef, parts: Sequence[str
     """One glob over the stage's output parts when every part under it is committed; else
     (parts left by interrupted attempts, until `palimpsest gc --delete`) the committed parts
     one by one."""
+    glob = f"{ref.stage_id}/{OUTPUT_KIND}/shard-*/*/part-*.{PART_FORMAT}"
+    if not parts:
+        return [glob]  # nothing kept: there may be no folder to list
     folder = join(ref.uri(output_uri), OUTPUT_KIND)
     prefix = output_uri.rstrip("/") + "/"
     present = sorted(info.uri.removeprefix(prefix) for info in store.list(folder))
-    if present == list(parts):
-        return [f"{ref.stage_id}/{OUTPUT_KIND}/shard-*/*/part-*.{PART_FORMAT}"]
-    return list(parts)
+    return [glob] if present == list(parts) else list(parts)
 
 
 def tool_versions(kinds: Iterable[str]) -> dict[str, str]:

@@ -29,10 +29,15 @@ from tests.support.jobs import manifest
 CLEAN = [f"def add_{i}(a, b):\n    return a + b + {i}\n" for i in range(7)]
 
 
-def run_job(tmp_path: Path, card: dict[str, Any]) -> Path:
+def contaminated() -> str:
     task = humaneval_items()[3]
-    rows = [{"id": f"c{i}", "text": t} for i, t in enumerate(CLEAN)]
-    rows.insert(2, {"id": "copy", "text": task.texts[0] + task.texts[1]})
+    return task.texts[0] + task.texts[1]
+
+
+def run_job(tmp_path: Path, card: dict[str, Any], rows: list[dict[str, str]] | None = None) -> Path:
+    if rows is None:
+        rows = [{"id": f"c{i}", "text": t} for i, t in enumerate(CLEAN)]
+        rows.insert(2, {"id": "copy", "text": contaminated()})
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     job = manifest(
         stages=["decontam"],
@@ -95,6 +100,13 @@ def test_parts_of_interrupted_attempts_turn_the_glob_into_the_committed_list(
         assert data_files(store, str(finished), last, parts) == parts
     finally:
         stray.unlink()
+
+
+def test_a_job_that_kept_nothing_still_gets_its_card(tmp_path: Path) -> None:
+    out = run_job(tmp_path, {}, rows=[{"id": "copy", "text": contaminated()}])
+    meta, body = card_of(out)
+    assert meta["configs"][0]["data_files"][0]["path"][0].endswith("part-*.jsonl.zst")
+    assert "- records: 0" in body and "characters per record: no records" in body
 
 
 def test_the_body_counts_stages_tokens_and_lengths(finished: Path) -> None:

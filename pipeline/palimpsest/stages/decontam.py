@@ -136,9 +136,14 @@ def tokens(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
+def shingle_list(words: Sequence[str]) -> list[str]:
+    """The runs of SHINGLE_TOKENS tokens, one per start position, in order."""
+    return [" ".join(words[i : i + SHINGLE_TOKENS]) for i in range(len(words) - SHINGLE_TOKENS + 1)]
+
+
 def shingles(words: Sequence[str]) -> set[str]:
-    """The record's distinct runs of SHINGLE_TOKENS tokens."""
-    return {" ".join(words[i : i + SHINGLE_TOKENS]) for i in range(len(words) - SHINGLE_TOKENS + 1)}
+    """The distinct runs of SHINGLE_TOKENS tokens."""
+    return set(shingle_list(words))
 
 
 class BenchmarkError(CorruptObjectError):
@@ -260,6 +265,9 @@ class BenchmarkIndex:
         self.n = settings.min_match_tokens
         self.threshold = settings.threshold
         self.ngrams: dict[tuple[str, ...], int] = {}
+        self.known: set[str] = set()
+        """Every shingle of every text: a run of n tokens can match only where its first and
+        last shingles are known, which rules out almost every position cheaply."""
         self.shingles: list[set[str]] = []
         self.lsh: RMinHashLSH = RMinHashLSH(
             threshold=settings.threshold, num_perm=NUM_PERM, num_bands=NUM_BANDS
@@ -267,6 +275,7 @@ class BenchmarkIndex:
         for position, item in enumerate(self.items):
             for text in item.texts:
                 words = tokens(text)
+                self.known |= shingles(words)
                 for i in range(len(words) - self.n + 1):
                     self.ngrams.setdefault(tuple(words[i : i + self.n]), position)
             whole = shingles(tokens("\n".join(item.texts)))
@@ -278,8 +287,12 @@ class BenchmarkIndex:
         """The benchmark item `text` shares the most long runs with, else the most similar
         one at or above the threshold, else None."""
         words = tokens(text)
+        grams = shingle_list(words)
         hits: Counter[int] = Counter()
+        last = self.n - SHINGLE_TOKENS
         for i in range(len(words) - self.n + 1):
+            if grams[i] not in self.known or grams[i + last] not in self.known:
+                continue
             position = self.ngrams.get(tuple(words[i : i + self.n]))
             if position is not None:
                 hits[position] += 1
@@ -288,7 +301,7 @@ class BenchmarkIndex:
             position = max(hits, key=lambda p: (hits[p], -p))
             item = self.items[position]
             return Match(item.benchmark, item.task_id, "exact")
-        return self._near(shingles(words))
+        return self._near(set(grams))
 
     def _near(self, record_shingles: set[str]) -> Match | None:
         if not record_shingles:
