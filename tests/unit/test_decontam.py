@@ -32,6 +32,7 @@ from palimpsest.stages.decontam import (
     load_benchmarks,
 )
 from palimpsest.stats import Stats
+from palimpsest.usererrors import EXIT_NOT_FOUND
 from tests.support.jobs import manifest
 
 
@@ -292,7 +293,7 @@ def test_decontaminate_command_reports_a_bad_benchmark_in_one_line(
 ) -> None:
     args = ["decontaminate", str(corpus), str(tmp_path / "o.jsonl"), "--no-progress"]
     missing = tmp_path / "mbpp.jsonl"
-    assert main([*args, "--benchmarks", f"humaneval,{missing}"]) == 3
+    assert main([*args, "--benchmarks", f"humaneval,{missing}"]) == EXIT_NOT_FOUND
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: {missing}: ")
     assert "No such file" in line
