@@ -58,12 +58,14 @@ test-integration: setup
 	$(PY) -m pytest tests/integration -q
 
 # Debian packages the tests use: podman/buildah/runc and debootstrap build and run the images
-# (tests/cluster/images_build.sh). Installed once with apt-get when one is missing (needs root).
-HOST_PACKAGES := podman buildah runc debootstrap
+# (tests/cluster/images_build.sh); containerd and the CNI plugins run the test cluster's real
+# node (tests/cluster/node.py). Installed once with apt-get when one is missing (needs root).
+HOST_PACKAGES := podman buildah runc debootstrap containerd containernetworking-plugins
 host-deps:
-	@missing=""; for tool in $(HOST_PACKAGES); do \
+	@missing=""; for tool in $(filter-out containernetworking-plugins,$(HOST_PACKAGES)); do \
 		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$tool"; \
 	done; \
+	test -x /usr/lib/cni/bridge || missing="$$missing containernetworking-plugins"; \
 	if [ -n "$$missing" ]; then \
 		echo "host-deps: installing$$missing"; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
@@ -85,7 +87,7 @@ vllm-env:
 cluster-build:
 	bash tests/cluster/build.sh
 
-cluster-up: setup cluster-build
+cluster-up: setup host-deps cluster-build
 	$(PY) -m tests.cluster.clusterctl up
 
 cluster-down:

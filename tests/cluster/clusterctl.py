@@ -27,14 +27,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import boto3
 import yaml
 
-from tests.cluster import pki, processes
+from tests.cluster import node, pki, processes
 from tests.support import s3server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,6 +70,8 @@ COMPONENTS = (
     "kube-controller-manager",
     "kube-scheduler",
     "kubelet",
+    "containerd",
+    "node-kubelet",
 )
 
 
@@ -119,6 +121,10 @@ class Layout:
     def users(self) -> Path:
         return self.root / "users"
 
+    @property
+    def node(self) -> node.NodeLayout:
+        return node.NodeLayout(self.root / "node")
+
     def pid_file(self, component: str) -> Path:
         return self.run / f"{component}.pid"
 
@@ -143,7 +149,13 @@ class Binaries:
     def missing(self) -> list[Path]:
         wanted = [
             self.k8s_bin / name
-            for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+            for name in (
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kubectl",
+                "kubelet",
+            )
         ]
         wanted += [self.etcd_bin / "etcd", self.helm_bin / "helm"]
         return [path for path in wanted if not os.access(path, os.X_OK)]
@@ -438,6 +450,7 @@ def _allocate_ports() -> dict[str, int]:
         "kube-controller-manager",
         "kube-scheduler",
         "kubelet",
+        "node-kubelet",
     ):
         port = s3server.free_port()
         while port in ports.values():
@@ -511,7 +524,26 @@ def _start_control_plane(layout: Layout, bins: Binaries, ports: Mapping[str, int
     _spawn(layout, "kube-scheduler", scheduler_args(bins, layout, ports))
     kubelet_env = {**os.environ, "PYTHONPATH": str(REPO)}
     _spawn(layout, "kubelet", kubelet_args(bins, layout, ports), env=kubelet_env)
+    _start_node(layout, bins, ports, api_server)
     return api_server
+
+
+def _start_node(layout: Layout, bins: Binaries, ports: Mapping[str, int], api_server: str) -> None:
+    """containerd and the real kubelet of node.NAME (see node.py)."""
+    missing = node.missing_tools()
+    if missing:
+        raise RuntimeError(
+            f"the real node needs {', '.join(missing)}: run `make host-deps` (Debian packages "
+            f"{node.DEBIAN_PACKAGES})"
+        )
+    started = time.monotonic()
+    nodes = layout.node
+    node.write_configs(nodes, layout.pki, api_server, ports["node-kubelet"])
+    node.record_host(nodes)
+    write_kubeconfig(nodes.kubeconfig, api_server, layout, pki.NODE)
+    node.start_containerd(nodes, lambda name, argv: _spawn(layout, name, argv), node.cache_dir())
+    log(f"containerd ready in {time.monotonic() - started:.1f}s")
+    _spawn(layout, "node-kubelet", node.kubelet_args(nodes, bins.k8s_bin))
 
 
 def _kubectl(bins: Binaries, layout: Layout, *args: str) -> subprocess.CompletedProcess[str]:
@@ -526,16 +558,21 @@ def _kubectl(bins: Binaries, layout: Layout, *args: str) -> subprocess.Completed
 def _wait_usable(layout: Layout, bins: Binaries) -> None:
     """Nodes Ready and the default service account present: pods can now be created."""
 
-    def nodes_ready() -> bool:
-        result = _kubectl(
-            bins,
-            layout,
-            "get",
-            "nodes",
-            "-o",
-            "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
-        )
-        return result.returncode == 0 and result.stdout.split() == ["True", "True"]
+    def ready(*names: str) -> Callable[[], bool]:
+        def check() -> bool:
+            result = _kubectl(bins, layout, "get", "nodes", "-o", "json")
+            if result.returncode != 0:
+                return False
+            conditions = {
+                item["metadata"]["name"]: item["status"].get("conditions", [])
+                for item in json.loads(result.stdout)["items"]
+            }
+            return all(
+                any(c["type"] == "Ready" and c["status"] == "True" for c in conditions.get(n, []))
+                for n in names
+            )
+
+        return check
 
     def default_account() -> bool:
         return (
@@ -544,7 +581,10 @@ def _wait_usable(layout: Layout, bins: Binaries) -> None:
         )
 
     kubelet = processes.read_pid_file(layout.pid_file("kubelet"))
-    wait_for("test kubelet nodes", nodes_ready, 60, kubelet, layout.log_file("kubelet"))
+    fake = ready("palimpsest-cpu-0", "palimpsest-gpu-0")
+    wait_for("test kubelet nodes", fake, 60, kubelet, layout.log_file("kubelet"))
+    real = processes.read_pid_file(layout.pid_file("node-kubelet"))
+    wait_for(node.NAME, ready(node.NAME), 60, real, layout.log_file("node-kubelet"))
     manager = processes.read_pid_file(layout.pid_file("kube-controller-manager"))
     wait_for(
         "default service account",
@@ -619,7 +659,39 @@ def _up_locked(layout: Layout, started_by: str) -> tuple[ClusterInfo, bool]:
     return info, True
 
 
+def _drain_node(layout: Layout) -> None:
+    """Delete the real node's pods while its kubelet runs, so that it tears them down."""
+    info = read_info(layout)
+    alive = component_states(layout)
+    if info is None or not (alive["kube-apiserver"] and alive["node-kubelet"]):
+        return
+    bins = binaries()
+    _kubectl(
+        bins,
+        layout,
+        "delete",
+        "pods",
+        "--all-namespaces",
+        f"--field-selector=spec.nodeName={node.NAME}",
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    )
+    node.wait_no_tasks(layout.node, 30)
+
+
+def _stop_node(layout: Layout) -> None:
+    """Stop the real node and remove what it put on the host."""
+    _drain_node(layout)
+    processes.stop_pid_file(layout.pid_file("node-kubelet"), grace=15)
+    if processes.read_pid_file(layout.pid_file("containerd")) is not None:
+        node.kill_tasks(layout.node)
+    processes.stop_pid_file(layout.pid_file("containerd"), grace=15)
+    node.clean_host(layout.node)
+
+
 def _stop_all(layout: Layout) -> None:
+    _stop_node(layout)
     for component in reversed(COMPONENTS):
         processes.stop_pid_file(
             layout.pid_file(component), grace=15 if component == "kubelet" else 10

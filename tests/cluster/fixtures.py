@@ -64,6 +64,20 @@ class Cluster:
     ) -> subprocess.CompletedProcess[str]:
         return self.run("helm", *args, check=check, timeout=timeout)
 
+    def s3_namespace(self, namespace: str, secret: str = "s3-creds") -> None:
+        """Create a namespace holding a Secret with the S3 server's credentials."""
+        self.kubectl("create", "namespace", namespace)
+        self.kubectl(
+            "create",
+            "secret",
+            "generic",
+            secret,
+            "-n",
+            namespace,
+            f"--from-literal=AWS_ACCESS_KEY_ID={self.env['AWS_ACCESS_KEY_ID']}",
+            f"--from-literal=AWS_SECRET_ACCESS_KEY={self.env['AWS_SECRET_ACCESS_KEY']}",
+        )
+
     def apply(
         self, manifest: str, namespace: str | None = None
     ) -> subprocess.CompletedProcess[str]:

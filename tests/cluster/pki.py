@@ -53,7 +53,18 @@ APISERVER_KUBELET_CLIENT = ClientIdentity(
     "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)
 )
 FRONT_PROXY_CLIENT = "front-proxy-client"
-CLIENT_IDENTITIES = (ADMIN, CONTROLLER_MANAGER, SCHEDULER, KUBELET, APISERVER_KUBELET_CLIENT)
+# The real kubelet of the containerd node (tests/cluster/node.py), as the Node authorizer
+# expects a node to identify itself.
+NODE_NAME = "palimpsest-node-0"
+NODE = ClientIdentity("node", f"system:node:{NODE_NAME}", ("system:nodes",))
+CLIENT_IDENTITIES = (
+    ADMIN,
+    CONTROLLER_MANAGER,
+    SCHEDULER,
+    KUBELET,
+    APISERVER_KUBELET_CLIENT,
+    NODE,
+)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -167,6 +178,7 @@ def _serving_names() -> list[x509.GeneralName]:
         x509.DNSName(name)
         for name in (
             "localhost",
+            NODE_NAME,
             "kubernetes",
             "kubernetes.default",
             "kubernetes.default.svc",

@@ -33,17 +33,7 @@ def release(k8s_cluster: Cluster) -> Iterator[tuple[str, str]]:
     """A Helm release of the chart whose operator watches one fresh namespace."""
     suffix = uuid.uuid4().hex[:6]
     system, jobs_ns = f"pal-system-{suffix}", f"pal-jobs-{suffix}"
-    k8s_cluster.kubectl("create", "namespace", jobs_ns)
-    k8s_cluster.kubectl(
-        "create",
-        "secret",
-        "generic",
-        "s3-creds",
-        "-n",
-        jobs_ns,
-        f"--from-literal=AWS_ACCESS_KEY_ID={os.environ['AWS_ACCESS_KEY_ID']}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={os.environ['AWS_SECRET_ACCESS_KEY']}",
-    )
+    k8s_cluster.s3_namespace(jobs_ns)
     name = f"rel-{suffix}"
     k8s_cluster.helm(
         "install",

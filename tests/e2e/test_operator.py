@@ -88,17 +88,7 @@ def namespace(k8s_cluster: Cluster) -> Iterator[str]:
     k8s_cluster.kubectl("apply", "-f", str(CRD))
     k8s_cluster.kubectl("wait", "--for=condition=Established", "crd/rewritejobs.palimpsest.dev")
     name = f"rwj-{uuid.uuid4().hex[:8]}"
-    k8s_cluster.kubectl("create", "namespace", name)
-    k8s_cluster.kubectl(
-        "create",
-        "secret",
-        "generic",
-        "s3-creds",
-        "-n",
-        name,
-        f"--from-literal=AWS_ACCESS_KEY_ID={os.environ['AWS_ACCESS_KEY_ID']}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={os.environ['AWS_SECRET_ACCESS_KEY']}",
-    )
+    k8s_cluster.s3_namespace(name)
     try:
         yield name
     finally:

@@ -1,0 +1,223 @@
+"""The filter stage in the filter image, under a real kubelet and containerd.
+
+The test cluster's real node (tests/cluster/node.py) runs pods in containers of the images
+built by tests/cluster/images_build.sh, so the securityContext the operator sets (read-only
+root, non-root uid, every capability dropped) is enforced by runc, and the image's user,
+entry point and writable paths must fit it. The RewriteJob asks for that node through
+spec.filter.nodeSelector and tolerations, and for hostNetwork through its podTemplate (the S3
+server listens on the host's loopback, which bridged pods cannot reach).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from palimpsest import runtime
+from tests.cluster import clusterctl, node
+from tests.cluster.fixtures import Cluster
+from tests.e2e.test_operator import (
+    Operator,
+    jobs,
+    marker_totals,
+    phase_in,
+    rewrite_job,
+    s3,
+    write_input,
+)
+
+# The operator tests' fixtures: a namespace with the S3 Secret, an operator watching it.
+from tests.e2e.test_operator import namespace as namespace
+from tests.e2e.test_operator import operator as operator
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "tests" / "cluster" / "images_build.sh"
+CHART = REPO / "charts" / "palimpsest"
+ON_THE_NODE: dict[str, Any] = {
+    "nodeSelector": {"palimpsest.dev/pool": "cpu", "kubernetes.io/hostname": node.NAME},
+    "tolerations": [node.TOLERATION],
+    "podTemplate": {"spec": {"hostNetwork": True}},
+}
+PROBE = f"""
+import json, os
+out = {{"uid": os.getuid(), "gid": os.getgid()}}
+for path in ("/", "{runtime.TMP_DIR}", "{runtime.CACHE_DIR}"):
+    try:
+        with open(os.path.join(path, "probe"), "w") as handle:
+            handle.write("x")
+        out[path] = "writable"
+    except OSError as error:
+        out[path] = error.strerror
+status = open("/proc/self/status").read().splitlines()
+out["CapEff"] = [line.split()[1] for line in status if line.startswith("CapEff")][0]
+with open("/dev/termination-log", "w") as handle:
+    json.dump(out, handle)
+"""
+
+
+def image_on_the_node(image: str) -> str:
+    """Build one of images/ (or take it from the cache), import it into the node; its tag."""
+    started = time.monotonic()
+    out = subprocess.run(
+        ["bash", str(BUILD), image], check=True, capture_output=True, text=True, timeout=1800
+    ).stdout
+    tag, archive = out.split()[-2:]
+    node.import_image(clusterctl.DEFAULT_LAYOUT.node, Path(archive))
+    print(f"{image} image ready on {node.NAME} in {time.monotonic() - started:.1f}s")
+    return tag
+
+
+@pytest.fixture(scope="module")
+def filter_image(k8s_cluster: Cluster) -> str:
+    return image_on_the_node("filter")
+
+
+@pytest.fixture(scope="module")
+def operator_image(k8s_cluster: Cluster) -> str:
+    return image_on_the_node("operator")
+
+
+@pytest.fixture()
+def helm_release(k8s_cluster: Cluster, operator_image: str, tmp_path: Path) -> Iterator[str]:
+    """The chart installed with its operator in the operator image on the real node, watching
+    a fresh namespace (which has the S3 Secret); yields that namespace."""
+    suffix = uuid.uuid4().hex[:6]
+    system, watched, name = f"pal-system-{suffix}", f"pal-jobs-{suffix}", f"node-{suffix}"
+    k8s_cluster.s3_namespace(watched)
+    repository, tag = operator_image.rsplit(":", 1)
+    api = urllib.parse.urlparse(k8s_cluster.info.api_server)
+    values = {
+        "image": {"repository": repository, "tag": tag},
+        "watchNamespaces": [watched],
+        # The API server listens on the host's loopback only; no Service IP routes here.
+        "hostNetwork": True,
+        "operator": {
+            "tickSeconds": 2,
+            "metricsPort": 0,
+            "livenessPort": 0,
+            "extraEnv": [
+                {"name": "KUBERNETES_SERVICE_HOST", "value": api.hostname},
+                {"name": "KUBERNETES_SERVICE_PORT", "value": str(api.port)},
+            ],
+        },
+        "nodeSelector": {"kubernetes.io/hostname": node.NAME},
+        "tolerations": [node.TOLERATION],
+    }
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    release = ["install", name, str(CHART), "--namespace", system, "--create-namespace"]
+    try:
+        k8s_cluster.helm(*release, "--values", str(values_file), "--wait", "--timeout", "3m")
+        yield watched
+    finally:
+        k8s_cluster.kubectl(
+            "delete", "rwj", "--all", "-n", watched, "--timeout=60s", check=False, timeout=90
+        )
+        k8s_cluster.helm("uninstall", name, "--namespace", system, "--wait", check=False)
+        for namespace in (watched, system):
+            k8s_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def terminated(cluster: Cluster, namespace: str, pod: str) -> dict[str, Any] | None:
+    body = json.loads(cluster.kubectl("get", "pod", pod, "-n", namespace, "-o", "json").stdout)
+    statuses = body["status"].get("containerStatuses") or [{}]
+    state: dict[str, Any] | None = statuses[0].get("state", {}).get("terminated")
+    return state
+
+
+def run_filter_job(cluster: Cluster, namespace: str, image: str) -> dict[str, Any]:
+    """A filter-only RewriteJob over 8 records placed on the real node; its final status."""
+    prefix = f"e2e/{namespace}/real-node"
+    input_uri = write_input(cluster.bucket, prefix, records=8)
+    output_uri = f"s3://{cluster.bucket}/{prefix}/output"
+    spec = {"filter": {"parallelism": 2, "image": image, **ON_THE_NODE}}
+    cluster.apply(rewrite_job("code", input_uri, output_uri, **spec), namespace)
+    status: dict[str, Any] = wait_until(
+        "the job on the real node to finish",
+        lambda: phase_in(cluster, namespace, "code", "Succeeded", "Failed"),
+        timeout=300,
+    )
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["records"] == {"in": 8, "kept": 6, "rejected": 2}
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
+    assert pods["items"] and {p["spec"]["nodeName"] for p in pods["items"]} == {node.NAME}
+    return status
+
+
+def test_filter_stage_runs_in_its_image_on_the_real_node_under_the_pod_security_context(
+    k8s_cluster: Cluster,
+    namespace: str,
+    operator: Operator,
+    filter_image: str,
+) -> None:
+    status = run_filter_job(k8s_cluster, namespace, filter_image)
+    runtime_version = k8s_cluster.kubectl(
+        "get", "node", node.NAME, "-o", "jsonpath={.status.nodeInfo.containerRuntimeVersion}"
+    ).stdout
+    assert runtime_version.startswith("containerd://")
+    # Every input record ends in the output or the rejects, and every listed part exists.
+    stage_uri = status["stages"][0]["uri"]
+    assert marker_totals(stage_uri)["in"] == 8
+    bucket, _, key = stage_uri.removeprefix("s3://").partition("/")
+    markers = s3().list_objects_v2(Bucket=bucket, Prefix=f"{key}/_markers/")["Contents"]
+    assert len(markers) == 2
+    for item in markers:
+        marker = json.loads(s3().get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+        listed = [part for parts in marker["parts"].values() for part in parts]
+        assert sum(part["records"] for part in listed) == 4
+        for part in listed:
+            part_bucket, _, part_key = part["uri"].removeprefix("s3://").partition("/")
+            head = s3().head_object(Bucket=part_bucket, Key=part_key)
+            assert head["ContentLength"] == part["bytes"]
+    assert_security_context_enforced(k8s_cluster, namespace)
+
+
+def assert_security_context_enforced(cluster: Cluster, namespace: str) -> None:
+    """The filter Job's own pod template, with a probe as the command, on the same node."""
+    (job,) = jobs(cluster, namespace)
+    template = job["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    container.update(command=["python", "-c", PROBE], args=[])
+    container["terminationMessagePolicy"] = "File"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "probe"},
+        "spec": {**template["spec"], "restartPolicy": "Never"},
+    }
+    cluster.apply(yaml.safe_dump(pod), namespace)
+    state = wait_until(
+        "the probe pod to finish", lambda: terminated(cluster, namespace, "probe"), 120
+    )
+    assert state["exitCode"] == 0, state
+    seen = json.loads(state["message"])
+    assert (seen["uid"], seen["gid"]) == (runtime.RUN_AS_UID, runtime.RUN_AS_UID)
+    assert seen["/"] == "Read-only file system"
+    assert seen[runtime.TMP_DIR] == seen[runtime.CACHE_DIR] == "writable"
+    assert seen["CapEff"] == "0000000000000000"
+
+
+def test_operator_installed_with_helm_runs_in_its_image_on_the_real_node(
+    k8s_cluster: Cluster, helm_release: str, filter_image: str
+) -> None:
+    pods = json.loads(
+        k8s_cluster.kubectl(
+            "get", "pods", "-A", "-l", "app.kubernetes.io/component=operator", "-o", "json"
+        ).stdout
+    )["items"]
+    (pod,) = [p for p in pods if p["metadata"]["namespace"].startswith("pal-system-")]
+    assert pod["spec"]["nodeName"] == node.NAME and pod["status"]["phase"] == "Running"
+    assert pod["spec"]["securityContext"]["runAsUser"] == runtime.RUN_AS_UID
+    run_filter_job(k8s_cluster, helm_release, filter_image)
