@@ -59,7 +59,7 @@ test-integration: setup
 
 # Debian packages the tests use: podman/buildah/runc and debootstrap build and run the images
 # (tests/cluster/images_build.sh). Installed once with apt-get when one is missing (needs root).
-HOST_PACKAGES := podman buildah runc debootstrap
+HOST_PACKAGES := podman buildah runc debootstrap chromium
 host-deps:
 	@missing=""; for tool in $(HOST_PACKAGES); do \
 		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$tool"; \
