@@ -100,6 +100,7 @@ def test_colour_on_a_terminal(output: Path) -> None:
         assert proc.wait(timeout=60) == 0
     assert "\x1b[1;36m== scor | shard 0 | key " in text  # a bold cyan header
     assert "\x1b[32m+# o" in text  # the added line in green
+    assert "\x1b[94mdef\x1b[0m" in text  # the code highlighted as Python
 
 
 def read_all(fd: int) -> str:
