@@ -59,8 +59,9 @@ test-integration: setup
 
 # Debian packages the tests use: podman/buildah/runc and debootstrap build and run the images
 # (tests/cluster/images_build.sh); containerd and the CNI plugins run the test cluster's real
-# node (tests/cluster/node.py). Installed once with apt-get when one is missing (needs root).
-HOST_PACKAGES := podman buildah runc debootstrap containerd containernetworking-plugins
+# node (tests/cluster/node.py); chromium renders the HTML report in its test. Installed once
+# with apt-get when one is missing (needs root).
+HOST_PACKAGES := podman buildah runc debootstrap containerd containernetworking-plugins chromium
 host-deps:
 	@missing=""; for tool in $(filter-out containernetworking-plugins,$(HOST_PACKAGES)); do \
 		command -v $$tool >/dev/null 2>&1 || test -x /usr/sbin/$$tool || missing="$$missing $$tool"; \

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,9 @@ from palimpsest.recordkeys import canonical_id
 from palimpsest.records import Record
 from palimpsest.stagerun import shard_inputs
 from palimpsest.storage import Store, join
+
+READ_LIMIT = 50_000
+"""Most records one sampling reads (a rare reject reason is looked for that far, no further)."""
 
 
 class InspectError(ValueError):
@@ -209,3 +213,38 @@ def _find(
             if record.get(KEY_FIELD) in keys:
                 return _with_inputs(store, view, ref, [(shard, record)], part == REJECTS_KIND)[0]
     return None
+
+
+def seeded_samples(
+    store: Store,
+    view: JobView,
+    kind: str,
+    n: int,
+    *,
+    seed: int = 0,
+    reason: str | None = None,
+    scan: int = 2_000,
+) -> list[Sample]:
+    """`n` records of a stage (or its rejects with `reason`) chosen at random with `seed`
+    among the first `scan` it committed (looking at no more than READ_LIMIT records): the same
+    choice on every report of the same output, and a bounded read however large the stage is."""
+    rng = random.Random(f"{seed}:{kind}:{reason}")
+    part = OUTPUT_KIND if reason is None else REJECTS_KIND
+    chosen: list[tuple[int, Record]] = []
+    seen = 0
+    for read, (shard, record) in enumerate(stage_records(store, view, view.ref(kind), part)):
+        if read >= READ_LIMIT:
+            break
+        if reason is not None and record.get(REASON_FIELD) != reason:
+            continue
+        seen += 1
+        if len(chosen) < n:
+            chosen.append((shard, record))
+        else:  # reservoir sampling: every record seen so far is kept with chance n/seen
+            slot = rng.randrange(seen)
+            if slot < n:
+                chosen[slot] = (shard, record)
+        if seen >= scan:
+            break
+    chosen.sort(key=lambda item: (item[0], str(item[1].get(KEY_FIELD))))
+    return _with_inputs(store, view, view.ref(kind), chosen, rejected=reason is not None)

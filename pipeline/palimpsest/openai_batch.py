@@ -156,10 +156,13 @@ def error_line(record: Record) -> Record:
 
 
 def convert_requests(source: Store, requests_uri: str, target: Store, records_uri: str) -> None:
-    """Write the records of a batch request file (local or s3://) to `records_uri`."""
+    """Write the records of a batch request file (local or s3://) to `records_uri`, unless
+    it holds them already (a re-run in the same work folder then keeps its plan)."""
     with contextlib.closing(source.open_range(requests_uri)) as stream:
         lines = (line for _, line in iter_lines_with_offsets(stream, 0))
-        target.put_bytes(records_uri, b"".join(requests_to_records(lines)))
+        records = b"".join(requests_to_records(lines))
+    if not (target.exists(records_uri) and target.read_bytes(records_uri) == records):
+        target.put_bytes(records_uri, records)
 
 
 def write_responses(

@@ -14,16 +14,18 @@ without it the page still carries the summary table and says how to get the plot
 from __future__ import annotations
 
 import base64
+import difflib
 import html
 import io
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, NamedTuple
 
 from palimpsest.commit import REJECTS_KIND, read_committed, read_marker
 from palimpsest.identity import StageRef
-from palimpsest.recordfields import META_FIELD
+from palimpsest.inspection import JobView, Sample, seeded_samples, stage_records
+from palimpsest.recordfields import DETAIL_FIELD, META_FIELD, SCORE_FIELD, SCORE_MAX_FIELD
 from palimpsest.records import Record
 from palimpsest.stats import SCORE_BUCKET, Stats
 from palimpsest.storage import Store
@@ -38,6 +40,16 @@ MAX_RECORDS_PER_STAGE: Final = 50_000
 """Records read per stage for the token length plots: enough for a smooth histogram of a
 local run, small enough that a report of a big S3 run stays quick."""
 HISTOGRAM_BINS: Final = 30
+SAMPLES_PER_STAGE: Final = 4
+"""Records shown before/after per rewrite stage (a seeded choice, see `inspection`)."""
+SAMPLE_SEED: Final = 0
+"""Seed of that choice: the same records on every report of the same output."""
+REASONS_WITH_EXAMPLES: Final = 3
+"""Reject reasons per stage shown with examples (the most frequent ones)."""
+EXAMPLES_PER_REASON: Final = 2
+EXCERPT_LINES: Final = 12
+"""Lines of a rejected record's text shown as its excerpt (the head, or the tail when the
+answer was cut short)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,15 @@ class TokenLengths:
     generated: tuple[int, ...]
 
 
+class RejectExamples(NamedTuple):
+    """A few rejects of one stage with one reason, and how many there were in all."""
+
+    kind: str
+    reason: str
+    total: int
+    examples: tuple[Sample, ...]
+
+
 @dataclass(frozen=True)
 class ReportData:
     job_name: str
@@ -78,6 +99,12 @@ class ReportData:
     min_score: float | None = None
     """The filter's threshold (None: the job has no filter stage)."""
     token_lengths: tuple[TokenLengths, ...] = field(default=())
+    samples: tuple[Sample, ...] = field(default=())
+    """Rewrite stages' records, before and after (empty without the job's document)."""
+    reject_examples: tuple[RejectExamples, ...] = field(default=())
+    bounded_scores: tuple[float, ...] = field(default=())
+    """Rejects whose linting stopped early: the best score each could still have reached."""
+    text_field: str = "text"
 
     @property
     def scores(self) -> Counter[str]:
@@ -140,18 +167,62 @@ def collect(
     job_name: str,
     recipe: str,
     min_score: float | None,
+    view: JobView | None = None,
 ) -> ReportData:
-    """Everything the summary and the report show, read from the stages' markers."""
-    return ReportData(
+    """Everything the summary and the report show, read from the stages' markers; with the
+    job's `view`, also sample records of each stage (a bounded read)."""
+    stages = tuple(stage_summary(store, output_uri, ref, shards) for ref in refs)
+    data = ReportData(
         job_name=job_name,
         recipe=recipe,
         output_uri=output_uri,
-        stages=tuple(stage_summary(store, output_uri, ref, shards) for ref in refs),
+        stages=stages,
         min_score=min_score,
         token_lengths=tuple(
             token_lengths(store, output_uri, ref, shards) for ref in refs if ref.kind != "filter"
         ),
     )
+    if view is None:
+        return data
+    return replace(
+        data,
+        samples=tuple(
+            sample
+            for ref in refs
+            if ref.kind != "filter"
+            for sample in seeded_samples(store, view, ref.kind, SAMPLES_PER_STAGE, seed=SAMPLE_SEED)
+        ),
+        reject_examples=tuple(reject_examples(store, view, stages)),
+        bounded_scores=bounded_scores(store, view) if min_score is not None else (),
+        text_field=view.text_field,
+    )
+
+
+def reject_examples(
+    store: Store, view: JobView, stages: Sequence[StageSummary]
+) -> list[RejectExamples]:
+    """Examples of each stage's most frequent reject reasons."""
+    found = []
+    for stage in stages:
+        for reason, count in top_reasons(stage.stats, REASONS_WITH_EXAMPLES):
+            if reason == "other":
+                continue
+            examples = seeded_samples(
+                store, view, stage.kind, EXAMPLES_PER_REASON, seed=SAMPLE_SEED, reason=reason
+            )
+            found.append(RejectExamples(stage.kind, reason, count, tuple(examples)))
+    return found
+
+
+def bounded_scores(store: Store, view: JobView) -> tuple[float, ...]:
+    """The score bounds of the filter's rejects that stopped linting early (bounded read)."""
+    bounds: list[float] = []
+    for _, record in stage_records(store, view, view.ref("filter"), REJECTS_KIND):
+        if record.get(SCORE_MAX_FIELD) is not None:
+            bounds.append(float(record[SCORE_MAX_FIELD]))
+            if len(bounds) >= MAX_RECORDS_PER_STAGE:
+                break
+    return tuple(bounds)
 
 
 # --- summary --------------------------------------------------------------------------------
@@ -237,7 +308,11 @@ def render_html(data: ReportData) -> str:
         f"<title>Palimpsest report: {html.escape(data.job_name)}</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:72em}"
         "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:.3em .6em;"
-        "text-align:right}th{background:#eee}td.l{text-align:left}</style>",
+        "text-align:right}th{background:#eee}td.l{text-align:left}"
+        "table.diff{font-family:monospace;font-size:85%;width:100%}table.diff td{text-align:left;"
+        "vertical-align:top;border:none}.diff_add{background:#aaffaa}.diff_chg{background:#ffff77}"
+        ".diff_sub{background:#ffaaaa}.diff_header{background:#e0e0e0}.diff_next{display:none}"
+        "pre{background:#f6f6f6;padding:.5em;overflow-x:auto}</style>",
         "</head><body>",
         f"<h1>RewriteJob {html.escape(data.job_name)}</h1>",
         f"<p>Recipe <b>{html.escape(data.recipe)}</b>, output "
@@ -247,8 +322,96 @@ def render_html(data: ReportData) -> str:
     ]
     plots = _plots_html(data)
     parts += plots
+    parts += _samples_html(data)
+    parts += _rejects_html(data)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _samples_html(data: ReportData) -> list[str]:
+    """Each rewrite stage's sampled records, before and after side by side, with a diff."""
+    parts = []
+    for kind in dict.fromkeys(sample.stage for sample in data.samples):
+        parts.append(f'<section class="samples" id="samples-{html.escape(kind)}">')
+        parts.append(f"<h2>Samples: {html.escape(kind)}</h2>")
+        parts.append(
+            f"<p>{SAMPLES_PER_STAGE} records kept by the stage (a seeded choice): the text "
+            "it read (left) and wrote (right); changed lines are highlighted.</p>"
+        )
+        for sample in (s for s in data.samples if s.stage == kind):
+            parts.append(_sample_html(sample, data.text_field))
+        parts.append("</section>")
+    return parts
+
+
+def _sample_html(sample: Sample, text_field: str) -> str:
+    before = str((sample.before or {}).get(text_field, ""))
+    after = str(sample.after.get(text_field, ""))
+    table = difflib.HtmlDiff(tabsize=4, wrapcolumn=80).make_table(
+        before.splitlines(), after.splitlines(), "before", "after"
+    )
+    return (
+        f'<div class="sample"><h3>{html.escape(sample.key)} '
+        f'<small>shard {sample.shard}</small></h3><p class="meta">'
+        f"{html.escape(_stage_meta_text(sample))}</p>{table}</div>"
+    )
+
+
+def _stage_meta_text(sample: Sample) -> str:
+    meta = sample.after.get(META_FIELD)
+    stage = meta.get(sample.stage) if isinstance(meta, dict) else None
+    if not isinstance(stage, dict):
+        return ""
+    parts = [
+        f"prompt tokens {stage.get('prompt_tokens', '?')}",
+        f"generated tokens {stage.get('generated_tokens', '?')}",
+    ]
+    if stage.get("score") is not None:
+        parts.append(f"model score {stage['score']}")
+    return ", ".join(parts)
+
+
+def _rejects_html(data: ReportData) -> list[str]:
+    """Two examples of each stage's most frequent reject reasons, with an excerpt."""
+    if not data.reject_examples:
+        return []
+    parts = ['<section id="rejects"><h2>Reject examples</h2>']
+    for group in data.reject_examples:
+        parts.append(
+            f"<h3>{html.escape(group.kind)}: {html.escape(group.reason)} "
+            f"<small>({group.total} rejected)</small></h3>"
+        )
+        for sample in group.examples:
+            parts.append(
+                f'<div class="reject-example"><p><b>{html.escape(sample.key)}</b> '
+                f"{html.escape(_reject_facts(sample))}</p>"
+                f"<pre>{html.escape(_excerpt(sample, data.text_field))}</pre></div>"
+            )
+    parts.append("</section>")
+    return parts
+
+
+def _reject_facts(sample: Sample) -> str:
+    record = sample.after
+    facts = [f"rejected by {sample.stage}: {sample.reason}"]
+    if record.get(DETAIL_FIELD):
+        facts.append(str(record[DETAIL_FIELD]))
+    if record.get(SCORE_FIELD) is not None:
+        facts.append(f"pylint score {record[SCORE_FIELD]}")
+    if record.get(SCORE_MAX_FIELD) is not None:
+        facts.append(f"pylint score at most {record[SCORE_MAX_FIELD]} (linting stopped early)")
+    meta = _stage_meta_text(sample)
+    return "; ".join([*facts, meta] if meta else facts)
+
+
+def _excerpt(sample: Sample, text_field: str) -> str:
+    """The lines that matter: the tail of an answer cut short, else the head."""
+    lines = str(sample.after.get(text_field, "")).splitlines()
+    if len(lines) <= EXCERPT_LINES:
+        return "\n".join(lines)
+    if sample.reason == "truncated":
+        return "\n".join(["...", *lines[-EXCERPT_LINES:]])
+    return "\n".join([*lines[:EXCERPT_LINES], "..."])
 
 
 def _table_html(data: ReportData) -> str:
@@ -291,9 +454,13 @@ def _plots_html(data: ReportData) -> list[str]:
         parts += [
             "<h2>Pylint scores</h2>",
             f'<p id="threshold">Threshold: {data.min_score:g} (kept at or above it). '
-            f"Scores are penalised for comments; samples stopped early once they could "
-            f"no longer pass have no score here.</p>",
-            _img(_score_figure(data.scores, data.min_score), "pylint score histogram"),
+            "Scores are penalised for comments. Samples whose linting stopped early, once "
+            "they could no longer pass, are drawn at the best score they could still reach "
+            f"({len(data.bounded_scores)} rejected records).</p>",
+            _img(
+                _score_figure(data.scores, data.min_score, data.bounded_scores),
+                "pylint score histogram",
+            ),
         ]
     for lengths in data.token_lengths:
         if lengths.prompt:
@@ -302,11 +469,12 @@ def _plots_html(data: ReportData) -> list[str]:
                 f"<p>{len(lengths.prompt)} requests: prompt tokens (the text before "
                 f"rewriting, inside the stage's instructions) and generated tokens (after).</p>",
                 _img(_lengths_figure(lengths), f"{lengths.kind} token lengths"),
+                _img(_scatter_figure(lengths), f"{lengths.kind} length before and after"),
             ]
     return parts
 
 
-def _score_figure(scores: Counter[str], threshold: float) -> Any:
+def _score_figure(scores: Counter[str], threshold: float, bounds: Sequence[float] = ()) -> Any:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
@@ -319,7 +487,16 @@ def _score_figure(scores: Counter[str], threshold: float) -> Any:
         align="edge",
         color="#4c72b0",
         edgecolor="white",
+        label="scored (kept and rejected)",
     )
+    if bounds:
+        ax.hist(
+            bounds,
+            bins=[i * SCORE_BUCKET for i in range(int(10 / SCORE_BUCKET) + 1)],
+            color="#dd8452",
+            alpha=0.7,
+            label="rejected early: score at most",
+        )
     ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:g}")
     ax.set_xlim(0, 10)
     ax.set_xlabel("penalised pylint score")
@@ -342,6 +519,21 @@ def _lengths_figure(lengths: TokenLengths) -> Any:
     ax.set_xlabel("tokens per record")
     ax.set_ylabel("records")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _scatter_figure(lengths: TokenLengths) -> Any:
+    """Each record's length after (generated tokens) against before (prompt tokens)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.scatter(lengths.prompt, lengths.generated, s=12, alpha=0.6, color="#55a868")
+    top = max([*lengths.prompt, *lengths.generated, 1])
+    ax.plot([0, top], [0, top], color="#888", linestyle=":", label="same length")
+    ax.set_xlabel("before: prompt tokens")
+    ax.set_ylabel("after: generated tokens")
     ax.legend()
     fig.tight_layout()
     return fig

@@ -116,11 +116,14 @@ def _classify_cause(exc: BaseException) -> tuple[int, str] | None:
 
 def explain(exc: BaseException) -> UserError | None:
     """The line and exit code for an expected failure; None for one we do not expect."""
+    from palimpsest.engines.base import EngineError
     from palimpsest.localrun import LocalRunError
     from palimpsest.records import CorruptObjectError
     from palimpsest.storage import StorageError
 
     for cause in causes(exc):
+        if isinstance(cause, EngineError):
+            break  # an engine's own failure (e.g. a hub lookup offline) is not a storage fault
         found = _classify_cause(cause)
         if found is not None:
             code, fix = found

@@ -1,20 +1,26 @@
-"""`palimpsest inspect` on the output of a small local run (SwallowCode on the scripted server).
+"""`palimpsest inspect` and the report on the output of a small local run (SwallowCode on the
+scripted server).
 
 The run: 8 records, one with a syntax error, one under the pylint threshold, six rewritten by
 SGCR (appends `# r`) and SCOR (appends `# o`). Inspect must show those edits as diffs, the
 rejects with their reason, and follow one id through every stage, in plain text when stdout
-is not a terminal.
+is not a terminal. The report is opened in headless Chromium (Debian's `chromium`, installed
+by `make host-deps`): the rendered DOM must hold the samples, their diffs, the reject examples
+and the plots, and a screenshot of it must not be blank.
 """
 
 from __future__ import annotations
 
 import os
 import pty
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import matplotlib.image
+import numpy
 import pytest
 
 from palimpsest.cli import main
@@ -94,6 +100,7 @@ def test_colour_on_a_terminal(output: Path) -> None:
         assert proc.wait(timeout=60) == 0
     assert "\x1b[1;36m== scor | shard 0 | key " in text  # a bold cyan header
     assert "\x1b[32m+# o" in text  # the added line in green
+    assert "\x1b[94mdef\x1b[0m" in text  # the code highlighted as Python
 
 
 def read_all(fd: int) -> str:
@@ -140,3 +147,36 @@ def test_unknown_stage_and_id_are_one_line_errors(output: Path, tmp_path: Path) 
     assert result.returncode == 3 and "--id nobody: no record" in result.stderr
     result = inspect(str(tmp_path))
     assert result.returncode == 3 and "no job here" in result.stderr
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.fail("chromium is missing: `make host-deps` installs it")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    return subprocess.run(
+        [binary, *flags, *args], capture_output=True, text=True, timeout=120, check=True
+    )
+
+
+def test_report_renders_in_a_browser(output: Path, tmp_path: Path) -> None:
+    page = (output / "report.html").as_uri()
+    dom = chromium("--dump-dom", page).stdout
+    assert 'id="samples-sgcr"' in dom and 'id="samples-scor"' in dom
+    assert dom.count('class="sample"') == 8  # 4 per rewrite stage
+    assert dom.count('class="diff"') == 8  # each side by side, as a diff table
+    assert "diff_add" in dom  # the lines the stages added are marked
+    assert "model score 6.0" in dom and "prompt tokens" in dom
+    assert dom.count('class="reject-example"') == 2  # syntax_error and low_pylint_score
+    assert "filter: syntax_error" in dom and "def broken(:" in dom
+    assert "pylint score at most" in dom
+    for alt in ("pylint score histogram", "sgcr length before and after", "scor token lengths"):
+        assert f'alt="{alt}"' in dom
+    assert "http://" not in dom and "https://" not in dom  # self-contained
+
+    shot = tmp_path / "report.png"
+    chromium("--window-size=1200,3000", f"--screenshot={shot}", page)
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (3000, 1200)
+    colours = numpy.unique(pixels.reshape(-1, pixels.shape[-1])[::97], axis=0)
+    assert len(colours) > 50  # text, highlighted diff lines and plots, not a blank page

@@ -222,7 +222,9 @@ def test_full_job_on_the_openai_engine(server: ScriptedOpenAIServer, tmp_path: P
     assert stages["scor"]["tokens"] == {"prompt": 25 * GOOD, "generated": 15 * GOOD}
     assert len(server.received) == 2 * GOOD
     page = (output / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3  # scores, sgcr and scor token lengths
+    # scores; sgcr and scor token lengths and length scatters
+    assert page.count("data:image/png;base64,") == 5
+    assert page.count('class="sample"') == 8  # 4 before/after samples per rewrite stage
     assert not (tmp_path / "elsewhere").exists()
 
     before = marker_files(output)

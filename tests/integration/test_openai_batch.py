@@ -59,7 +59,9 @@ def test_batch_round_trip(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
     argv = ["rewrite", str(batch), str(out), "--recipe", "swallowmath"]
     argv += ["--input-format", "openai-batch", "--output-format", "openai-batch"]
     argv += ["--engine", "openai", "--model", "scripted", "--base-url", server.base_url]
+    argv += ["--work-dir", str(tmp_path / "work")]
     assert main(argv) == 0
+    assert server.served(PROBLEM) == 1
 
     responses = [json.loads(line) for line in out.read_text().splitlines()]
     by_id = {r["custom_id"]: r for r in responses}
@@ -91,6 +93,8 @@ def test_batch_round_trip(server: ScriptedOpenAIServer, tmp_path: Path) -> None:
     assert by_id[None]["error"]["code"] == "invalid_json"
     assert len({r["id"] for r in responses}) == 4
 
+    served = server.served()
     again = tmp_path / "again.jsonl"
     assert main([*argv[:2], str(again), *argv[3:]]) == 0
+    assert server.served() == served  # the work folder's committed stage is reused
     assert again.read_text() == out.read_text()  # ids derive from custom_id: same file

@@ -99,7 +99,9 @@ def test_html_is_self_contained_with_plots_and_threshold(output: str) -> None:
         STORE, output, [FILTER, SGCR], 2, job_name="j", recipe="swallowcode", min_score=7.0
     )
     page = render_html(data)
-    assert page.count('src="data:image/png;base64,') == 2  # scores and sgcr token lengths
+    # scores, sgcr token lengths and sgcr length before/after
+    assert page.count('src="data:image/png;base64,') == 3
+    assert 'alt="sgcr length before and after"' in page
     assert "Threshold: 7 " in page
     assert "<td>8</td><td>3</td><td>5</td>" in page
     assert "http" not in page  # nothing fetched from elsewhere

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     blocks = [sample_text(s, view.text_field) for s in found]
     if sys.stdout.isatty():
-        print_rich(blocks)
+        print_rich(blocks, CODE_RECIPES.get(view.document.job.recipe, "text"))
     else:
         print("\n\n".join("\n".join(line for _, line in block) for block in blocks))
     return 0
@@ -117,14 +117,25 @@ HIDDEN_META = frozenset({"original", "prompt_sha256"})
 """Stage metadata left out of the header: the text before (shown as such) and a hash."""
 
 STYLES = {"header": "bold cyan", "-": "red", "+": "green", "@": "magenta", "text": ""}
+CODE_RECIPES = {"swallowcode": "python"}
+"""Recipes whose texts are code, and the language their records are highlighted as."""
 
 
-def print_rich(blocks: list[list[Line]]) -> None:
+def print_rich(blocks: list[list[Line]], language: str) -> None:
+    """The blocks in colour; the texts before and after highlighted as `language`."""
+    from itertools import groupby
+
     from rich.console import Console
+    from rich.syntax import Syntax
     from rich.text import Text
 
     console = Console()
     for block in blocks:
-        for style, line in block:
-            console.print(Text(line, style=STYLES.get(style, "")), soft_wrap=True)
+        for style, group in groupby(block, key=lambda line: line[0]):
+            lines = [text for _, text in group]
+            if style == "text":
+                console.print(Syntax("\n".join(lines), language, theme="ansi_dark"))
+            else:
+                for line in lines:
+                    console.print(Text(line, style=STYLES.get(style, "")), soft_wrap=True)
         console.print()

@@ -128,6 +128,7 @@ def report(local: LocalJob, seconds: float) -> None:
     """Print the summary; write report.html, summary.json and the dataset card (README.md)
     under the output URI."""
     from palimpsest.card import write_card
+    from palimpsest.inspection import JobView
     from palimpsest.report import (
         REPORT_NAME,
         SUMMARY_NAME,
@@ -147,6 +148,7 @@ def report(local: LocalJob, seconds: float) -> None:
         job_name=job.name,
         recipe=job.recipe,
         min_score=job.filter.min_score if "filter" in job.stages else None,
+        view=JobView(local.document, local.plan, job.output_uri),
     )
     report_uri = join(job.output_uri, REPORT_NAME)
     summary: dict[str, Any] = {**summary_json(data), "plan_id": local.plan.plan_id}
