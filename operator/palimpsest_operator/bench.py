@@ -10,8 +10,10 @@ filter stage of N shards and reports:
   after losing status entirely; MAX_READS_PER_TICK bounds each of those ticks);
 - steady: one tick during the run in which `--new` shards finished since the last tick;
 - idle: one tick during the run in which nothing new finished;
-- final: the last tick, which also writes the dataset manifest (it reads every marker once);
-- the status size in bytes.
+- manifest: the ticks after the last shard, which write the dataset manifest (reading every
+  marker once, a bounded number of part lists per tick): how many, the longest, the total;
+- the status size in bytes and the process's peak resident memory (`--parts` sets the parts
+  each marker lists, which the manifest carries).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import resource
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
-from palimpsest.commit import Marker, marker_uri
+from palimpsest.commit import OUTPUT_KIND, Marker, Part, marker_uri
 from palimpsest.identity import stage_refs
 from palimpsest.job import Job, parse_job
 from palimpsest.names import API_VERSION, KIND, PLANS_DIR
@@ -89,20 +92,25 @@ def bench_job(output_uri: str) -> Job:
     )
 
 
-def write_markers(job: Job, stage_uri: str, shards: range) -> None:
+def write_markers(job: Job, stage_uri: str, shards: range, parts: int = 0) -> None:
     store = store_for(stage_uri, S3Settings())
     stats = Stats(records_in=10_000, kept=6_000, seconds=600.0)
     stats.rejects.update({"syntax_error": 1_000, "pylint_score": 3_000})
 
     def put(shard: int) -> None:
-        marker = Marker(shard, "bench", stage_uri.rsplit("/", 1)[-1], {}, stats, "t")
+        listed = [
+            Part(join(stage_uri, f"shard-{shard:06d}", f"part-{p:03d}.jsonl.zst"), 150, 90_000)
+            for p in range(parts)
+        ]
+        body = {OUTPUT_KIND: listed} if parts else {}
+        marker = Marker(shard, "bench", stage_uri.rsplit("/", 1)[-1], body, stats, "t")
         store.put_bytes(marker_uri(stage_uri, shard), marker.to_json())
 
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(put, shards))
 
 
-def run(output_uri: str, shards: int, new: int) -> dict[str, Any]:
+def run(output_uri: str, shards: int, new: int, parts: int = 0) -> dict[str, Any]:
     job = bench_job(output_uri)
     (ref,) = stage_refs(job, PLAN_ID, {})
     stage_uri = ref.uri(output_uri)
@@ -146,7 +154,7 @@ def run(output_uri: str, shards: int, new: int) -> dict[str, Any]:
         return elapsed
 
     first = shards - 2 * new
-    write_markers(job, stage_uri, range(first))
+    write_markers(job, stage_uri, range(first), parts)
     tick()  # creates the Job
     assert cluster.view is not None
     cluster.view = replace(cluster.view, completed_indexes=f"0-{first - 1}")
@@ -154,13 +162,15 @@ def run(output_uri: str, shards: int, new: int) -> dict[str, Any]:
     while status.get("shards", {}).get("succeeded", 0) < first:
         rebuild.append(tick())
     idle = tick()
-    write_markers(job, stage_uri, range(first, first + new))
+    write_markers(job, stage_uri, range(first, first + new), parts)
     cluster.view = replace(cluster.view, completed_indexes=f"0-{first + new - 1}")
     steady = tick()
     counted = status["shards"]["succeeded"]
-    write_markers(job, stage_uri, range(first + new, shards))
+    write_markers(job, stage_uri, range(first + new, shards), parts)
     cluster.view = replace(cluster.view, completed_indexes=f"0-{shards - 1}", finished="Complete")
-    final = tick()
+    finals = [tick()]
+    while status["phase"] != "Succeeded" and len(finals) < 10_000:
+        finals.append(tick())  # the manifest is written over several ticks
     return {
         "shards": shards,
         "store": "s3" if output_uri.startswith("s3://") else "local",
@@ -169,7 +179,11 @@ def run(output_uri: str, shards: int, new: int) -> dict[str, Any]:
         "idle_tick_seconds": round(idle, 4),
         f"steady_tick_seconds_{new}_new_shards": round(steady, 4),
         "counted_after_steady_tick": counted,
-        "final_tick_seconds_with_manifest": round(final, 3),
+        "parts_per_shard": parts,
+        "manifest_ticks": len(finals),
+        "manifest_tick_max_seconds": round(max(finals), 3),
+        "manifest_seconds_total": round(sum(finals), 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "phase": status["phase"],
         "status_bytes": len(json.dumps(status)),
     }
@@ -180,8 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output_uri", help="s3://bucket/prefix or a local folder (emptied: no)")
     parser.add_argument("--shards", type=int, default=10_000)
     parser.add_argument("--new", type=int, default=100, help="shards finished in the steady tick")
+    parser.add_argument("--parts", type=int, default=0, help="output parts listed per marker")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.output_uri, args.shards, args.new), indent=1))
+    print(json.dumps(run(args.output_uri, args.shards, args.new, args.parts), indent=1))
 
 
 if __name__ == "__main__":

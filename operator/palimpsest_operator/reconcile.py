@@ -264,23 +264,31 @@ class Tick:
                     f"{error.uri}: unreadable marker moved to {aside}; shard {error.shard} "
                     "runs again",
                 )
-            self.note_quarantined(ref.stage_id, tally, [e.shard for e in corrupt])
+            self.note_quarantined(ref.stage_id, tally, [e.shard for e in corrupt], run)
 
-    def note_quarantined(self, stage_id: str, tally: Tally, shards: Sequence[int]) -> None:
-        """Keep the quarantined shards of a stage in status until they are committed again."""
-        before = (self.old.get("quarantined") or {}).get(stage_id) or []
-        pending = sorted(set(tally.missing([*before, *shards])))
+    def note_quarantined(
+        self, stage_id: str, tally: Tally, shards: Sequence[int], run: GroupRun
+    ) -> None:
+        """Keep the quarantined shards of a stage in status until they are committed again,
+        with the attempt that found them (they are re-run once, by the next attempt)."""
+        before = (self.old.get("quarantined") or {}).get(stage_id) or {}
+        pending = sorted(set(tally.missing([*before.get("shards", []), *shards])))
         if pending:
-            self.status.setdefault("quarantined", {})[stage_id] = pending
+            attempt = run.work.attempt if shards else before.get("attempt", run.work.attempt)
+            entry = {"shards": pending, "attempt": attempt}
+            self.status.setdefault("quarantined", {})[stage_id] = entry
 
     def requeue_quarantined(self, run: GroupRun) -> int:
-        """Shards of the group still missing after quarantine; when its Job has finished
-        without them, the next tick runs them under a new attempt (a Job over them only)."""
+        """Shards of the group still missing after quarantine; when the Job of the attempt
+        that found them has finished without them, the next tick runs them under a new attempt
+        (a Job over the missing shards only). A later attempt that fails them fails as usual."""
         quarantined = self.status.get("quarantined") or {}
-        missing = {s for ref in run.work.stages for s in quarantined.get(ref.stage_id, [])}
+        entries = [quarantined.get(ref.stage_id) or {} for ref in run.work.stages]
+        missing = {
+            s for e in entries if e.get("attempt") == run.work.attempt for s in e.get("shards", [])
+        }
         if missing:
-            retried = self.status["retried"]
-            retried["attempt"] = run.work.attempt + 1
+            self.status["retried"]["attempt"] = run.work.attempt + 1
         return len(missing)
 
     def drive(

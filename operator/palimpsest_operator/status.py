@@ -170,7 +170,7 @@ def conditions(
 
 
 def quarantine_conditions(
-    quarantined: Mapping[str, Sequence[int]],
+    quarantined: Mapping[str, Mapping[str, Any]],
     generation: int,
     previous: Sequence[Mapping[str, Any]],
     now: dt.datetime,
@@ -187,7 +187,7 @@ def quarantine_conditions(
         ),
         None,
     )
-    named = "; ".join(f"{stage}: shards {list(shards)}" for stage, shards in quarantined.items())
+    named = "; ".join(f"{stage}: shards {e['shards']}" for stage, e in quarantined.items())
     return [
         {
             "type": c.COND_MARKERS_QUARANTINED,

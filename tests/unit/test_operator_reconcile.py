@@ -517,6 +517,12 @@ def test_an_index_evicted_past_its_retries_is_given_up_once(tmp_path: Path) -> N
 def test_an_unreadable_marker_is_quarantined_and_its_shard_runs_again(
     tmp_path: Path, garbage: bytes
 ) -> None:
+    quarantine_one_marker(tmp_path, garbage)
+
+
+def quarantine_one_marker(tmp_path: Path, garbage: bytes) -> tuple[Harness, str]:
+    """Shards 0-2 committed, shard 1's marker replaced by `garbage`; returns the harness
+    once the re-run Job of shard 1 exists, and that Job's name."""
     h = Harness(tmp_path)
     h.tick()
     (first,) = h.cluster.jobs
@@ -542,9 +548,23 @@ def test_an_unreadable_marker_is_quarantined_and_its_shard_runs_again(
     (retry,) = h.cluster.jobs
     assert retry != first and first in h.cluster.deleted
     assert h.cluster.manifests[retry]["spec"]["completions"] == 1
+    return h, retry
+
+
+def test_a_quarantined_shard_committed_again_clears_the_condition(tmp_path: Path) -> None:
+    h, retry = quarantine_one_marker(tmp_path, b"not json")
     h.commit(1)
     h.cluster.progress(retry, "0", finished="Complete")
     h.tick()
     assert h.status["phase"] == c.SUCCEEDED and h.status["shards"]["succeeded"] == 3
     assert c.COND_MARKERS_QUARANTINED not in conditions_of(h.status)
     assert "quarantined" not in h.status
+
+
+def test_a_quarantined_shard_is_re_run_once_not_forever(tmp_path: Path) -> None:
+    h, retry = quarantine_one_marker(tmp_path, b"not json")
+    h.cluster.progress(retry, "", finished="Failed", failed="0")
+    h.tick()
+    assert h.status["phase"] == c.FAILED and list(h.cluster.jobs) == [retry]
+    assert h.status["retried"]["attempt"] == 1
+    assert c.COND_MARKERS_QUARANTINED in conditions_of(h.status)
