@@ -75,6 +75,9 @@ def test_helm_lint_and_template(k8s_cluster: Cluster) -> None:
             "ConfigMap",
             "ClusterRole",
             "ClusterRoleBinding",
+            # Secrets are read through a role of their own (trust.secrets: any, the default).
+            "ClusterRole",
+            "ClusterRoleBinding",
             "Service",
             "Deployment",
             "ServiceMonitor",
