@@ -31,7 +31,7 @@ import zlib
 from typing import Any
 
 import torch  # type: ignore[import-not-found]
-from transformers import AutoTokenizer  # type: ignore[import-not-found]
+from transformers import AutoTokenizer
 from vllm.v1.sample.logits_processor import (  # type: ignore[import-not-found]
     BatchUpdate,
     LogitsProcessor,

@@ -147,7 +147,7 @@ def template_ids(tokenizer: Any, messages: tuple[ChatMessage, ...]) -> list[int]
 def answer_config(args: argparse.Namespace, model: str) -> dict[str, Any]:
     """Each stage's prompt prefix (the tokens every prompt of that stage starts with) and
     its mean answer length."""
-    from transformers import AutoTokenizer  # type: ignore[import-not-found]
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     stages = stages_of(job_for(args, model, "/in", "/out"))

@@ -144,7 +144,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="palimpsest-bench-") as tmp:
         work = Path(tmp)
         model = args.model or tiny_model(work / "model")
-        from transformers import AutoTokenizer  # type: ignore[import-not-found]
+        from transformers import AutoTokenizer
 
         tokens_per_line = len(AutoTokenizer.from_pretrained(model).encode(code_line(1234)))
         input_uri = write_input(args, work / "in", tokens_per_line)
