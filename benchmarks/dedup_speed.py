@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import resource
 import shutil
@@ -115,7 +116,14 @@ def main() -> None:
 def run(work: Path, args: argparse.Namespace) -> None:
     source = work / "in.jsonl"
     started = time.perf_counter()
-    generate(source, args.records, args.words)
+    # In a child process, so that the peak RSS measured here is the dedup's only.
+    child = multiprocessing.get_context("spawn").Process(
+        target=generate, args=(source, args.records, args.words)
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"generating the records failed (exit {child.exitcode})")
     size = source.stat().st_size
     print(
         f"generated {args.records:,} records ({size / 1e6:.0f} MB) "
