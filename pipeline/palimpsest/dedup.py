@@ -3,8 +3,9 @@
 Finding duplicates needs every record's signature at once, which no single shard has, so the
 work is cut into four steps, each a pure function over one shard's records or the previous
 step's results. A cluster runs each step as an Indexed Job (per shard, per column range, once,
-per shard) with the results stored between them; `run_dedup` runs the same functions
-in-process, one after the other.
+per shard) with the results stored between them (`save_signatures` .npz per shard,
+`save_edges` .npy per column range, `save_duplicates` .json per shard, each with its `load_`);
+`run_dedup` runs the same functions in-process, one after the other.
 
 1. `shard_signatures` (per shard): each record's sort key, the hash of its normalized text
    (its tokens as decontam reads them, joined by single spaces, so whitespace and indentation
@@ -22,11 +23,12 @@ in-process, one after the other.
    with `duplicate_of` naming the kept record's id. Unusable items (undecodable, no text)
    are rejected with the reasons every stage gives them.
 
-Memory per step, n records in all, s in one shard: signatures ~0.6 KB per record of the shard
-(s x 128 x 4 bytes of MinHash); buckets: every shard's signatures (memory-mapped, 0.5 KB per
-record) plus 16 bytes per record for the column being sorted; clusters: ~200 bytes per record
-that is in some pair; filter: the shard's duplicate map. Time: O(n x text length) for the
-signatures, O(n log n) per column for the buckets, O(pairs) for the clusters.
+Memory per step, n records in all: signatures ~0.65 KB per record of the shard (128 x 4
+bytes of MinHash, the hash and the sort key); buckets: every shard's signatures (0.65 KB per
+record of the corpus) plus 16 bytes per record for the column being sorted; clusters: ~200
+bytes per record that is in some pair, and every record's sort key (~125 bytes); filter: the
+shard's duplicate map. Time: O(n x text length) for the signatures, O(n log n) per column
+for the buckets plus one 128-value comparison per candidate, O(pairs) for the clusters.
 """
 
 from __future__ import annotations
@@ -298,6 +300,17 @@ def _confirmed(
     return edges
 
 
+def save_edges(edges: NDArray[np.uint64], path: str) -> None:
+    """One .npy file per column range: what a bucket pod writes and the cluster pod reads."""
+    with open(path, "wb") as out:
+        np.save(out, edges)
+
+
+def load_edges(path: str) -> NDArray[np.uint64]:
+    edges: NDArray[np.uint64] = np.load(path)
+    return edges
+
+
 # --- step 3: clusters -----------------------------------------------------------------------
 
 
@@ -320,6 +333,18 @@ def find_clusters(
         for _, item in keyed[1:]:
             duplicates.setdefault(item >> _SHIFT, {})[item & _ROW] = kept
     return duplicates
+
+
+def save_duplicates(rows: Mapping[int, str], path: str) -> None:
+    """One JSON file per shard, row -> the kept record's sort key: what the filter pod of
+    that shard reads."""
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump({str(row): kept for row, kept in sorted(rows.items())}, out)
+
+
+def load_duplicates(path: str) -> dict[int, str]:
+    with open(path, encoding="utf-8") as data:
+        return {int(row): kept for row, kept in json.load(data).items()}
 
 
 # --- step 4: filter -------------------------------------------------------------------------

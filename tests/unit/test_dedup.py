@@ -22,9 +22,13 @@ from palimpsest.dedup import (
     bucket_edges,
     filter_shard,
     find_clusters,
+    load_duplicates,
+    load_edges,
     load_signatures,
     order_lookup,
     run_dedup,
+    save_duplicates,
+    save_edges,
     save_signatures,
     shard_signatures,
 )
@@ -115,8 +119,9 @@ def test_many_shards_give_the_result_of_one(tmp_path: Path) -> None:
 
 
 def test_steps_run_apart_through_their_files(tmp_path: Path) -> None:
-    """As separate Jobs would: signatures per shard to files, buckets per column range from
-    those files, one cluster step over every range's pairs, the filter per shard."""
+    """As separate Jobs would, each reading the files the step before wrote: signatures per
+    shard, buckets per column range, one cluster step over every range's pairs, the filter
+    per shard."""
     records, expected = corpus()
     objects = [records[:30], records[30:70], records[70:]]
     uris = [write_jsonl(tmp_path / f"in-{n}.jsonl", part) for n, part in enumerate(objects)]
@@ -125,14 +130,18 @@ def test_steps_run_apart_through_their_files(tmp_path: Path) -> None:
         items = read_jsonl(store, uri)
         save_signatures(shard_signatures(shard, items, Fields()), str(tmp_path / f"{shard}.npz"))
     loaded = [load_signatures(str(tmp_path / f"{s}.npz")) for s in range(len(uris))]
-    edges = [
-        bucket_edges(loaded, range(start, min(start + 10, COLUMNS)), 0.8)
-        for start in range(0, COLUMNS, 10)
-    ]
-    clusters = find_clusters(edges, order_lookup(loaded))
+    for start in range(0, COLUMNS, 10):
+        edges = bucket_edges(loaded, range(start, min(start + 10, COLUMNS)), 0.8)
+        save_edges(edges, str(tmp_path / f"edges-{start}.npy"))
+    ranges = [load_edges(str(path)) for path in sorted(tmp_path.glob("edges-*.npy"))]
+    assert len(ranges) == 4
+    clusters = find_clusters(ranges, order_lookup(loaded))
+    for shard in range(len(uris)):
+        save_duplicates(clusters.get(shard, {}), str(tmp_path / f"dup-{shard}.json"))
     found = {}
     for shard, uri in enumerate(uris):
-        verdicts = filter_shard(read_jsonl(store, uri), clusters.get(shard, {}), Fields())
+        rows = load_duplicates(str(tmp_path / f"dup-{shard}.json"))
+        verdicts = filter_shard(read_jsonl(store, uri), rows, Fields())
         found.update({r["id"]: r[DUPLICATE_OF_FIELD] for reason, r in verdicts if reason})
     assert found == expected
 
