@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "palimpsest.commands.decontaminate",
         "drop records containing or nearly matching benchmark items (HumanEval, files)",
     ),
+    "dedup": (
+        "palimpsest.commands.dedup",
+        "drop exact and near-duplicate records across the whole input (MinHash LSH)",
+    ),
     "gc": ("palimpsest.commands.gc", "find (and delete) parts no committed marker lists"),
     "inspect": (
         "palimpsest.commands.inspect",

@@ -22,6 +22,9 @@ SCORE_MAX_FIELD: Final = "pylint_score_max"
 CONTAMINATION_FIELD: Final = "contamination"
 """On a `contaminated` reject: the benchmark, the task id and how it matched (exact or near,
 with the Jaccard similarity)."""
+DUPLICATE_OF_FIELD: Final = "duplicate_of"
+"""On a `duplicate` reject: the id of the record kept for its cluster (its key when it has no
+id)."""
 META_FIELD: Final = "rewrite"
 """One sub-object per rewrite stage that touched the record (tokens, prompt hash, score)."""
 RESPONSES_FIELD: Final = "responses"
