@@ -48,6 +48,9 @@ PAUSE_IMAGE = "localhost/palimpsest/pause:1"
 """The sandbox image: a static binary that waits for a signal, built here (nothing is pulled)."""
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
+# Seconds containerd may take to answer after it is started (first starts on a busy machine
+# take several seconds before the socket exists).
+CONTAINERD_START_SECONDS = 120
 RUNC = "/usr/sbin/runc"
 CNI_BIN = "/usr/lib/cni"
 BRIDGE = "palimpsest0"
@@ -392,13 +395,24 @@ def start_containerd(
     layout: NodeLayout, spawn: Callable[[str, list[str]], processes.Tracked], cache: Path
 ) -> processes.Tracked:
     tracked = spawn("containerd", [CONTAINERD, f"--config={layout.containerd_config}"])
-    deadline = time.monotonic() + 60
-    while ctr(layout, "version", timeout=10).returncode != 0:
+    deadline = time.monotonic() + CONTAINERD_START_SECONDS
+    while not _answers(layout):
         if not processes.is_alive(tracked) or time.monotonic() > deadline:
             raise RuntimeError("containerd did not start; see .cluster/logs/containerd.log")
         time.sleep(0.2)
     import_image(layout, pause_archive(cache))
     return tracked
+
+
+def _answers(layout: NodeLayout) -> bool:
+    """True once containerd answers on its socket. Each probe is short: a ctr started before
+    the socket exists backs off its dial for longer and longer, so one probe never waits."""
+    if not layout.socket.exists():
+        return False
+    try:
+        return ctr(layout, "--connect-timeout=2s", "version", timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 # -- stop -----------------------------------------------------------------------------------

@@ -94,7 +94,9 @@ def test_hostile_input_ends_as_counted_rejects_and_the_shard_completes(tmp_path:
     assert reasons["empty"] == "empty_text"
     assert reasons["nul"] == "null_bytes"
     assert reasons["deep"] in {"too_deeply_nested", "syntax_error"}
-    assert reasons["big"] == "pylint_timeout"
+    # ~5 MB of statements: the time limit or the worker's memory cap stops it, whichever
+    # comes first on this machine; it is never taken for unparseable code.
+    assert reasons["big"] in {"pylint_timeout", "pylint_memory"}
     assert reasons["slow"] == "pylint_timeout"
     assert stats.records_in == len(lines) == stats.kept + stats.rejected
 

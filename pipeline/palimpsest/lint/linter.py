@@ -213,6 +213,9 @@ class SampleLinter:
             try:
                 module = MANAGER.ast_from_file(str(path), modname, source=True)
             except (AstroidSyntaxError, AstroidBuildingError) as exc:
+                if isinstance(exc.__cause__, MemoryError):
+                    # The worker's address-space cap, hit while parsing: not a parse error.
+                    raise exc.__cause__ from exc
                 return LintResult(None, 0, parse_error=str(exc).splitlines()[0][:200])
             statements = count_statements(module)
             if statements == 0:
