@@ -25,6 +25,7 @@ from typing import Any, Final, NamedTuple
 from palimpsest.commit import REJECTS_KIND, read_committed, read_marker
 from palimpsest.identity import StageRef
 from palimpsest.inspection import JobView, Sample, seeded_samples, stage_records
+from palimpsest.lint.scoring import score_text
 from palimpsest.recordfields import DETAIL_FIELD, META_FIELD, SCORE_FIELD, SCORE_MAX_FIELD
 from palimpsest.records import Record
 from palimpsest.stats import SCORE_BUCKET, Stats
@@ -391,20 +392,15 @@ def _rejects_html(data: ReportData) -> list[str]:
     return parts
 
 
-def _score_text(score: object) -> str:
-    """A score as pylint prints its rating (two decimals); anything else as it is."""
-    return f"{score:.2f}" if isinstance(score, float) else str(score)
-
-
 def _reject_facts(sample: Sample) -> str:
     record = sample.after
     facts = [f"rejected by {sample.stage}: {sample.reason}"]
     if record.get(DETAIL_FIELD):
         facts.append(str(record[DETAIL_FIELD]))
     if record.get(SCORE_FIELD) is not None:
-        facts.append(f"pylint score {_score_text(record[SCORE_FIELD])}")
+        facts.append(f"pylint score {score_text(record[SCORE_FIELD])}")
     if record.get(SCORE_MAX_FIELD) is not None:
-        bound = _score_text(record[SCORE_MAX_FIELD])
+        bound = score_text(record[SCORE_MAX_FIELD])
         facts.append(f"pylint score at most {bound} (linting stopped early)")
     meta = _stage_meta_text(sample)
     return "; ".join([*facts, meta] if meta else facts)

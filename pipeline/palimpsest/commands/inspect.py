@@ -93,6 +93,7 @@ def sample_text(sample: Sample, text_field: str) -> list[Line]:
 
 
 def header(sample: Sample) -> str:
+    from palimpsest.lint.scoring import score_text
     from palimpsest.recordfields import DETAIL_FIELD, META_FIELD, SCORE_FIELD, SCORE_MAX_FIELD
 
     record = sample.after
@@ -104,7 +105,7 @@ def header(sample: Sample) -> str:
         parts.append("kept")
     for field, label in ((SCORE_FIELD, "pylint"), (SCORE_MAX_FIELD, "pylint at most")):
         if record.get(field) is not None:
-            parts.append(f"{label} {record[field]}")
+            parts.append(f"{label} {score_text(record[field])}")
     meta = record.get(META_FIELD)
     stage_meta: Any = meta.get(sample.stage) if isinstance(meta, dict) else None
     if isinstance(stage_meta, dict):

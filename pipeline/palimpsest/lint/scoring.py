@@ -66,3 +66,8 @@ def penalised(rating: float, ratio: float) -> float:
 def best_possible(ratio: float) -> float:
     """The highest score any rating could give a sample with this comment ratio."""
     return penalised(10.0, ratio)
+
+
+def score_text(score: object) -> str:
+    """A stored score as pylint prints ratings (two decimals); anything else as it is."""
+    return f"{score:.2f}" if isinstance(score, float) else str(score)
