@@ -27,9 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from palimpsest.dedup import (
-    COLUMNS,
     DUPLICATE,
-    DedupSettings,
     ShardSignatures,
     bucket_edges,
     filter_shard,
@@ -37,6 +35,7 @@ from palimpsest.dedup import (
     order_lookup,
     shard_signatures,
 )
+from palimpsest.dedupsteps import COLUMNS, DedupSettings
 from palimpsest.plan import PlanSettings, make_plan
 from palimpsest.records import Fields
 from palimpsest.storage import LocalStore

@@ -4,7 +4,8 @@ Each builder is a function from the job, its placement, the job document's URI a
 ids to a Job manifest dict, with no cluster access, so that the Job shape is tested
 table-driven and the handlers only create what these return. A CPU stage (the filter) is one
 Job with one index per shard; consecutive LLM stages are one Job on the GPU pool with one
-index per block of shards, the model loaded once per pod. Worker pods get the job document's
+index per block of shards, the model loaded once per pod; dedup is one Job per step, run in
+order (`stage_jobs`). Worker pods get the job document's
 URI and their stage group, nothing that repeats the spec. Names are deterministic (they
 carry the stage id), so creating a Job that already exists is a 409 and means the work is
 already launched.
@@ -15,13 +16,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from palimpsest import runtime
+from palimpsest.dedupsteps import STEPS, step_ref, step_units
 from palimpsest.identity import StageRef
 from palimpsest.job import Job
-from palimpsest.stages.registry import STAGES, Runner
+from palimpsest.stages.registry import STAGES, Runner, groups
 from palimpsest_operator import constants as c
 from palimpsest_operator.evictions import give_up_prefix
 from palimpsest_operator.placement import Placement, PodTemplate, PoolPlacement, Resources
@@ -90,6 +92,8 @@ class StageJob:
     attempt: int = 0
     only: ShardList | None = None
     """The shards a retry Job runs (its indexes count through them); None: every shard."""
+    step: str | None = None
+    """The step of a stage that runs in steps (dedup); `total_shards` then counts its units."""
 
     @property
     def runner(self) -> Runner:
@@ -102,6 +106,38 @@ class StageJob:
     @property
     def name(self) -> str:
         return job_name(self.owner.name, self.stages[-1].stage_id, self.attempt)
+
+
+def stage_jobs(
+    job: Job,
+    placement: Placement,
+    owner: Owner,
+    document_uri: str,
+    refs: tuple[StageRef, ...],
+    shards: int,
+    attempt: int = 0,
+) -> list[StageJob]:
+    """The Jobs of a job's stages, in the order they run: one per stage group, and one per
+    step of a stage that runs in steps (dedup: signatures per shard, buckets per column
+    range, one clusters index, filter per shard), each step's markers under the stage's
+    folder (`dedupstage.step_ref`)."""
+    works = []
+    for group in groups(job.stages):
+        chosen = tuple(r for r in refs if r.kind in group)
+        base = StageJob(job, placement, owner, document_uri, chosen, shards, attempt)
+        if STAGES[group[0]].runner is not Runner.CORPUS:
+            works.append(base)
+            continue
+        works += [
+            replace(
+                base,
+                stages=(step_ref(chosen[0], step),),
+                total_shards=step_units(step, shards, job.dedup),
+                step=step,
+            )
+            for step in STEPS
+        ]
+    return works
 
 
 def job_name(owner_name: str, stage_id: str, attempt: int = 0) -> str:
@@ -128,7 +164,7 @@ def rewrite_block(total_shards: int, shards_per_pod: int | None) -> int:
 
 
 def shards_per_index(work: StageJob) -> int:
-    if work.runner is Runner.RECORDS:
+    if work.runner is not Runner.LLM:
         return 1
     return rewrite_block(work.total_shards, work.placement.gpu.shards_per_pod)
 
@@ -147,13 +183,15 @@ def stage_job(work: StageJob) -> dict[str, Any]:
         "--give-up",
         give_up_prefix(work.job.output_uri, work.name),
     ]
+    if work.step is not None:
+        args += ["--step", work.step]
     pod = PodParts(env=[*_cache_env(), *_s3_env(work.job, work.placement)])
-    if work.runner is Runner.RECORDS:
-        args += ["--workers", str(_whole_cpus(work.pool.resources))]
-    else:
+    if work.runner is Runner.LLM:
         _llm_parts(work, pod)
+    else:
+        args += ["--workers", str(_whole_cpus(work.pool.resources))]
     cache_size = (
-        CPU_CACHE_SIZE if work.runner is Runner.RECORDS else work.placement.gpu.model_cache_size
+        work.placement.gpu.model_cache_size if work.runner is Runner.LLM else CPU_CACHE_SIZE
     )
     pod.volumes += [
         {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},

@@ -9,8 +9,9 @@ launches that stage (and the ones after it) again, while unchanged stages are fo
 on S3 and reused; re-applying an unchanged spec changes nothing.
 
 The stages run group by group (`stages.registry.groups`: a CPU stage alone, consecutive LLM
-stages together), each group as one Indexed Job (`jobs.stage_job`), the next group only once
-the previous one committed every shard. The cluster is reached through `cluster.Cluster`, so
+stages together), each group as one Indexed Job (`jobs.stage_job`; dedup as one Job per
+step, `jobs.stage_jobs`), the next only once the previous one committed every shard (or
+step unit). The cluster is reached through `cluster.Cluster`, so
 the whole pass runs in unit tests against a fake cluster and a local folder standing in for S3.
 """
 
@@ -26,7 +27,7 @@ from typing import Any
 from palimpsest.commit import CorruptMarkerError
 from palimpsest.identity import StageRef
 from palimpsest.job import Job, parse_job
-from palimpsest.stages.registry import Runner, groups
+from palimpsest.stages.registry import Runner
 from palimpsest_operator import constants as c
 from palimpsest_operator import jobs as builders
 from palimpsest_operator.annotations import (
@@ -174,18 +175,15 @@ class Tick:
         self.events += asked.events
         self.status["retried"] = asked.retried
         previous = {} if asked.forget_counts else self.old
-        works = [
-            builders.StageJob(
-                job,
-                placement,
-                builders.Owner(self.res.name, self.res.namespace, self.res.uid),
-                document_uri,
-                tuple(r for r in refs if r.kind in group),
-                int(plan["shards"]),
-                asked.attempt,
-            )
-            for group in groups(job.stages)
-        ]
+        works = builders.stage_jobs(
+            job,
+            placement,
+            builders.Owner(self.res.name, self.res.namespace, self.res.uid),
+            document_uri,
+            refs,
+            int(plan["shards"]),
+            asked.attempt,
+        )
         return self.run_stages(job, placement, storage, works, previous)
 
     def run_stages(

@@ -42,13 +42,13 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
+from palimpsest.dedupsteps import COLUMNS, DedupSettings
 from palimpsest.plan import PlanSettings, make_plan
 from palimpsest.recordfields import DETAIL_FIELD, DUPLICATE_OF_FIELD
 from palimpsest.recordkeys import natural_key
 from palimpsest.records import Fields, RawRecord, Record
 from palimpsest.stages.decontam import (
     MINHASH_SEED,
-    NUM_BANDS,
     NUM_PERM,
     SHINGLE_TOKENS,
     shingle_list,
@@ -63,32 +63,13 @@ if TYPE_CHECKING:
     from palimpsest.storage import Store
 
 DUPLICATE: Final = "duplicate"
-BAND_ROWS: Final = NUM_PERM // NUM_BANDS
+BAND_ROWS: Final = NUM_PERM // (COLUMNS - 1)
 """MinHash values per LSH band: a pair at Jaccard 0.8 shares some band with probability
 1-(1-0.8^4)^32 > 0.9999."""
-COLUMNS: Final = NUM_BANDS + 1
-"""Column 0 is the exact hash, columns 1..NUM_BANDS the LSH bands."""
 _MIX: Final = np.uint64(0x9E3779B97F4A7C15)
-_SHIFT: Final = 32
-_ROW: Final = 0xFFFFFFFF
-"""A global record id is its shard << _SHIFT | its row in the shard."""
-
-
-@dataclass(frozen=True)
-class DedupSettings:
-    """How `palimpsest dedup` decides what a duplicate is, and how it cuts its work."""
-
-    threshold: float = 0.8
-    """Estimated Jaccard similarity of 5-token shingle sets at or above which two records
-    are near duplicates (the published setting)."""
-    records_per_shard: int = 100_000
-    """Records per shard of the signature and filter steps (results do not depend on it)."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold: must be within (0, 1], got {self.threshold}")
-        if self.records_per_shard < 1:
-            raise ValueError(f"records_per_shard: must be >= 1, got {self.records_per_shard}")
+ID_SHIFT: Final = 32
+ROW_MASK: Final = 0xFFFFFFFF
+"""A global record id is its shard << ID_SHIFT | its row in the shard."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +191,7 @@ def column_values(signatures: ShardSignatures, column: int) -> NDArray[np.uint64
 
 def global_ids(signatures: ShardSignatures) -> NDArray[np.uint64]:
     rows = np.arange(len(signatures.order), dtype=np.uint64)
-    return (np.uint64(signatures.shard) << np.uint64(_SHIFT)) | rows
+    return (np.uint64(signatures.shard) << np.uint64(ID_SHIFT)) | rows
 
 
 class UnionFind:
@@ -236,26 +217,58 @@ class UnionFind:
         return True
 
 
+ColumnValues = tuple[int, "NDArray[np.uint64]", "NDArray[np.uint64]"]
+"""(column, value per row, global id per row) over every shard, rows that take part only."""
+
+MinHashRows = Callable[[Sequence[int]], Mapping[int, "NDArray[np.uint32]"]]
+"""Global ids -> their MinHash values (what confirming a bucket's candidates reads)."""
+
+
+def column_entries(signatures: ShardSignatures, column: int) -> ColumnValues:
+    """One shard's rows that take part in `column`: usable ones for the exact hash, ones
+    with shingles for a band."""
+    mask = signatures.usable if column == 0 else signatures.near
+    return column, column_values(signatures, column)[mask], global_ids(signatures)[mask]
+
+
 def bucket_edges(
     shards: Sequence[ShardSignatures], columns: Iterable[int], threshold: float
 ) -> NDArray[np.uint64]:
-    """The confirmed duplicate pairs (global ids, (pairs, 2)) the given columns find; pairs
-    that a pair found before already joins are left out."""
+    """`edges_of_columns` over signatures held in memory."""
     by_shard = {s.shard: s for s in sorted(shards, key=lambda s: s.shard)}
     ordered = list(by_shard.values())
+
+    def entries(column: int) -> ColumnValues:
+        parts = [column_entries(s, column) for s in ordered]
+        return (
+            column,
+            np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]),
+        )
+
+    def rows(items: Sequence[int]) -> dict[int, NDArray[np.uint32]]:
+        return {item: _signature(by_shard, item) for item in items}
+
+    return edges_of_columns([entries(c) for c in columns], rows, threshold)
+
+
+def edges_of_columns(
+    columns: Iterable[ColumnValues], minhash_rows: MinHashRows, threshold: float
+) -> NDArray[np.uint64]:
+    """The confirmed duplicate pairs (global ids, (pairs, 2)) the given columns find; pairs
+    that a pair found before already joins are left out. The MinHash values of the band
+    columns' candidates are asked for once, all together."""
+    buckets = [(column, list(_groups(values, ids))) for column, values, ids in columns]
+    candidates = {i for column, groups in buckets if column for group in groups for i in group}
+    signatures = minhash_rows(sorted(candidates)) if candidates else {}
     joined = UnionFind()
     edges: list[tuple[int, int]] = []
-    for column in columns:
-        mask = [s.usable if column == 0 else s.near for s in ordered]
-        values = np.concatenate(
-            [column_values(s, column)[m] for s, m in zip(ordered, mask, strict=True)]
-        )
-        ids = np.concatenate([global_ids(s)[m] for s, m in zip(ordered, mask, strict=True)])
-        for group in _groups(values, ids):
+    for column, groups in buckets:
+        for group in groups:
             if column == 0:
                 edges += [(int(group[0]), int(m)) for m in group[1:] if joined.union(group[0], m)]
             else:
-                edges += _confirmed(group, by_shard, threshold, joined)
+                edges += _confirmed(group, signatures, threshold, joined)
     return np.array(edges, dtype=np.uint64).reshape(-1, 2)
 
 
@@ -271,13 +284,13 @@ def _groups(values: NDArray[np.uint64], ids: NDArray[np.uint64]) -> Iterator[lis
 
 
 def _signature(by_shard: Mapping[int, ShardSignatures], item: int) -> NDArray[np.uint32]:
-    row: NDArray[np.uint32] = by_shard[item >> _SHIFT].minhash[item & _ROW]
+    row: NDArray[np.uint32] = by_shard[item >> ID_SHIFT].minhash[item & ROW_MASK]
     return row
 
 
 def _confirmed(
     group: list[int],
-    by_shard: Mapping[int, ShardSignatures],
+    signatures: Mapping[int, NDArray[np.uint32]],
     threshold: float,
     joined: UnionFind,
 ) -> list[tuple[int, int]]:
@@ -289,9 +302,9 @@ def _confirmed(
         root = joined.find(member)
         if any(joined.find(c) == root for c in centres):
             continue
-        mine = _signature(by_shard, member)
+        mine = signatures[member]
         for centre in centres:
-            if np.count_nonzero(_signature(by_shard, centre) == mine) >= threshold * NUM_PERM:
+            if np.count_nonzero(signatures[centre] == mine) >= threshold * NUM_PERM:
                 joined.union(centre, member)
                 edges.append((centre, member))
                 break
@@ -331,7 +344,7 @@ def find_clusters(
         keyed = sorted((order_of(i), i) for i in {root, *cluster})
         kept = keyed[0][0]
         for _, item in keyed[1:]:
-            duplicates.setdefault(item >> _SHIFT, {})[item & _ROW] = kept
+            duplicates.setdefault(item >> ID_SHIFT, {})[item & ROW_MASK] = kept
     return duplicates
 
 
@@ -355,16 +368,19 @@ def filter_shard(
 ) -> Iterator[Verdict]:
     """Every item of the shard, in the order step 1 read it: kept, or rejected with a reason."""
     for row, raw in enumerate(items):
-        problem = input_problem(raw, fields)
-        if problem is not None:
-            yield problem
-            continue
-        record = raw.record or {}
-        kept = duplicates.get(row)
-        if kept is None:
-            yield None, record
-        else:
-            yield DUPLICATE, _duplicate(record, kept)
+        yield row_verdict(row, raw, duplicates, fields)
+
+
+def row_verdict(row: int, raw: RawRecord, duplicates: Mapping[int, str], fields: Fields) -> Verdict:
+    """The item at `row` of its shard: kept, a duplicate, or unusable."""
+    problem = input_problem(raw, fields)
+    if problem is not None:
+        return problem
+    record = raw.record or {}
+    kept = duplicates.get(row)
+    if kept is None:
+        return None, record
+    return DUPLICATE, _duplicate(record, kept)
 
 
 def _duplicate(record: Record, kept: str) -> Record:
@@ -388,7 +404,7 @@ def run_dedup(
     started = time.monotonic()
     plan = make_plan(store, input_uri, PlanSettings(records_per_shard=settings.records_per_shard))
     signatures = [shard_signatures(s.index, s.read(store), fields) for s in plan.shards]
-    duplicates = all_clusters(signatures, settings.threshold)
+    duplicates = all_clusters(signatures, settings)
     del signatures
     stats = Stats()
     for shard in plan.shards:
@@ -399,14 +415,16 @@ def run_dedup(
 
 
 def all_clusters(
-    signatures: Sequence[ShardSignatures], threshold: float
+    signatures: Sequence[ShardSignatures], settings: DedupSettings
 ) -> dict[int, dict[int, str]]:
-    """Steps 2 and 3 over every shard's signatures: `find_clusters` of all columns' pairs."""
-    edges = bucket_edges(signatures, range(COLUMNS), threshold)
-    return find_clusters([edges], order_lookup(signatures))
+    """Steps 2 and 3 over every shard's signatures: `find_clusters` of every column range's
+    pairs (the ranges cut as the bucket Jobs cut them)."""
+    threshold, ranges = settings.threshold, settings.ranges()
+    edges = [bucket_edges(signatures, columns, threshold) for columns in ranges]
+    return find_clusters(edges, order_lookup(signatures))
 
 
 def order_lookup(signatures: Sequence[ShardSignatures]) -> Callable[[int], str]:
     """A global id's sort key, from its shard's signatures (the cluster step's `order_of`)."""
     by_shard = {s.shard: s for s in signatures}
-    return lambda item: by_shard[item >> _SHIFT].order[item & _ROW]
+    return lambda item: by_shard[item >> ID_SHIFT].order[item & ROW_MASK]

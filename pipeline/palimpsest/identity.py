@@ -107,9 +107,12 @@ class StageRef:
     kind: str
     stage_id: str
     previous: str | None
+    folder: str | None = None
+    """Where its markers live under the output when not at its id: a step of a stage that
+    runs in steps (dedup), inside the stage's folder."""
 
     def uri(self, output_uri: str) -> str:
-        return f"{output_uri.rstrip('/')}/{self.stage_id}"
+        return f"{output_uri.rstrip('/')}/{self.folder or self.stage_id}"
 
 
 def pinned_tools(names: tuple[str, ...]) -> dict[str, str]:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from palimpsest.dedupsteps import DedupSettings
 from palimpsest.engines.base import SamplingSettings
 from palimpsest.engines.settings import EngineSettings, SpeculativeSettings
 from palimpsest.names import API_VERSION, KIND
@@ -80,6 +81,7 @@ JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec": frozenset(
         {"recipe", "stages", "input", "output", "storage", "sharding", "filter", "rewrite"}
         | {"dryRun", "decontam", "card"}
+        | {"dedup"}
     ),
     "spec.input": frozenset({"uri", "format", "textField", "idField"}),
     "spec.output": frozenset({"uri"}),
@@ -92,6 +94,7 @@ JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "spec.decontam": frozenset(
         {"benchmarks", "textFields", "idField", "minMatchTokens", "threshold"}
     ),
+    "spec.dedup": frozenset({"threshold", "exact", "near", "columnRanges"}),
 }
 """Spec keys this parser reads, per section (engine and sampling keys: ENGINE_KEYS and
 SAMPLING_KEYS)."""
@@ -171,6 +174,7 @@ class Job:
     dry_run: bool = False
     decontam: DecontamSettings = field(default_factory=DecontamSettings)
     card: CardSettings = field(default_factory=CardSettings)
+    dedup: DedupSettings = field(default_factory=DedupSettings)
 
     def __post_init__(self) -> None:
         recipe_stages(self.recipe, self.stages, "spec.stages")
@@ -228,6 +232,7 @@ def parse_job(manifest: Mapping[str, Any]) -> Job:
         dry_run=boolean(spec.get("dryRun", False), "spec.dryRun"),
         decontam=_decontam(mapping(spec.get("decontam") or {}, "spec.decontam")),
         card=_card(mapping(spec.get("card") or {}, "spec.card")),
+        dedup=_dedup(mapping(spec.get("dedup") or {}, "spec.dedup")),
     )
 
 
@@ -312,6 +317,21 @@ def _decontam(data: Mapping[str, Any]) -> DecontamSettings:
         ),
         threshold=number(data.get("threshold", defaults.threshold), "spec.decontam.threshold"),
     )
+
+
+def _dedup(data: Mapping[str, Any]) -> DedupSettings:
+    _known(data, "spec.dedup")
+    defaults = DedupSettings()
+    threshold = number(data.get("threshold", defaults.threshold), "spec.dedup.threshold")
+    exact = boolean(data.get("exact", defaults.exact), "spec.dedup.exact")
+    near = boolean(data.get("near", defaults.near), "spec.dedup.near")
+    ranges = integer(
+        data.get("columnRanges", defaults.column_ranges), "spec.dedup.columnRanges", minimum=1
+    )
+    try:
+        return DedupSettings(threshold=threshold, exact=exact, near=near, column_ranges=ranges)
+    except ValueError as exc:
+        raise ValueError(f"spec.dedup.{exc}") from exc
 
 
 def _card(data: Mapping[str, Any]) -> CardSettings:

@@ -13,7 +13,8 @@ How it runs the job:
 - the plan is made and saved under `<output>/_plans/`, and the job document under
   `<output>/_jobs/`, where the operator keeps them;
 - each CPU stage runs shard by shard in this process (`stagerun.run_records_shard`), built
-  once for all shards (the filter's pool of linter processes starts once);
+  once for all shards (the filter's pool of linter processes starts once); dedup runs its
+  steps one after the other, unit by unit (`dedupstage.run_all_steps`);
 - consecutive LLM stages run on one engine, started once, over every shard (what one rewrite
   pod does with its block of shards), so a model is loaded once per run;
 - a stage whose every shard is committed starts nothing (no linter pool, no engine).
@@ -253,8 +254,11 @@ def run_job(
         chosen = [k for k in group if options.stages is None or k in options.stages]
         if not chosen:
             continue
-        if STAGES[chosen[0]].runner is Runner.RECORDS:
+        runner = STAGES[chosen[0]].runner
+        if runner is Runner.RECORDS:
             run_records(local, local.document.ref(chosen[0]), options, progress)
+        elif runner is Runner.CORPUS:
+            run_corpus(local, local.document.ref(chosen[0]))
         else:
             run_llm(local, chosen, progress, runner_settings)
 
@@ -272,12 +276,7 @@ def run_records(
     if not shards:
         return
     entry = STAGES[ref.kind]
-    problems = check_tools(entry.tools)
-    if problems:
-        raise LocalRunError(
-            f"the {ref.kind} stage needs its pinned tools (pip install 'palimpsest[filter]'): "
-            + "; ".join(problems)
-        )
+    require_tools(ref.kind)
     assert entry.open is not None
     expected = expected_records(local, ref, shards)
     tick = (
@@ -286,6 +285,26 @@ def run_records(
     with entry.open(local.job, options.workers) as stage:
         for shard in shards:
             run_records_shard(local.store, local.document, local.plan, ref, stage, shard, tick)
+
+
+def require_tools(kind: str) -> None:
+    """A CPU stage's pinned tools must be installed: their versions are in its id."""
+    problems = check_tools(STAGES[kind].tools)
+    if problems:
+        raise LocalRunError(
+            f"the {kind} stage needs its pinned tools (pip install 'palimpsest[filter]'): "
+            + "; ".join(problems)
+        )
+
+
+def run_corpus(local: LocalJob, ref: StageRef) -> None:
+    """The steps of a whole-corpus stage (dedup), unit by unit, in this process."""
+    from palimpsest.dedupstage import run_all_steps
+
+    if not pending_shards(local, ref):
+        return
+    require_tools(ref.kind)
+    run_all_steps(local.store, local.document, local.plan, ref)
 
 
 def run_llm(

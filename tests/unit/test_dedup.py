@@ -16,9 +16,7 @@ import pytest
 
 from palimpsest.cli import main
 from palimpsest.dedup import (
-    COLUMNS,
     DUPLICATE,
-    DedupSettings,
     bucket_edges,
     filter_shard,
     find_clusters,
@@ -32,6 +30,7 @@ from palimpsest.dedup import (
     save_signatures,
     shard_signatures,
 )
+from palimpsest.dedupsteps import COLUMNS, DedupSettings
 from palimpsest.recordfields import DUPLICATE_OF_FIELD, REASON_FIELD
 from palimpsest.records import Fields, Record, read_all_jsonl, read_jsonl
 from palimpsest.storage import LocalStore

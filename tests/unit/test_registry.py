@@ -42,7 +42,7 @@ def expected_rules() -> list[dict[str, str]]:
         }
         for r in RECIPES.values()
     ]
-    cpu_only = [n for n, e in STAGES.items() if e.runner is Runner.RECORDS]
+    cpu_only = [n for n, e in STAGES.items() if e.runner is not Runner.LLM]
     rules.append(
         {
             "rule": f"has(self.stages) && self.stages.all(s, s in [{quoted(cpu_only)}]) || "
@@ -88,6 +88,9 @@ def test_every_llm_stage_has_a_loadable_prompt_file_and_a_judge() -> None:
         assert set(entry.tools) <= set(TOOL_PINS), name
         if entry.runner is Runner.RECORDS:
             assert entry.open is not None and entry.decides is not None, name
+            continue
+        if entry.runner is Runner.CORPUS:
+            assert entry.decides is not None and entry.prompt is None, name
             continue
         assert (entry.judge is None) != (entry.judge_samples is None), name
         assert entry.prompt is not None

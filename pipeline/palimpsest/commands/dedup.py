@@ -19,7 +19,7 @@ from palimpsest.commands._common import (
     user_error,
 )
 from palimpsest.commands.workfolder import default_rejects_uri
-from palimpsest.dedup import DedupSettings
+from palimpsest.dedupsteps import DedupSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,9 @@
 The pod reads the job document (see `palimpsest.document`), which holds the whole job, its
 plan and its prompts, and runs one group of the job's stages for its index: a CPU stage (e.g.
 `filter`) over one shard, or consecutive LLM stages (e.g. `sgcr,scor`) over a block of
-`--shards-per-index` shards on one loaded model. The index comes from `--index` or the Job's
+`--shards-per-index` shards on one loaded model, or one unit of one `--step` of a stage that
+runs in steps (dedup: a shard, a column range or the one cluster unit; see
+`palimpsest.dedupstage`). The index comes from `--index` or the Job's
 JOB_COMPLETION_INDEX; `--shard-list` maps indexes to shards when a Job retries only some of
 them; `--give-up` names where the operator marks indexes it gave up (exit 3 before any work).
 Nothing else of the spec is passed as flags.
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from palimpsest.document import JobDocument
     from palimpsest.plan import ShardPlan
     from palimpsest.rewrite.runner import RunnerSettings
+    from palimpsest.stagerun import ShardResult
     from palimpsest.storage import Store
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a folder where an `index-<i>` object means index i was given up: exit 3 at once",
     )
     parser.add_argument(
+        "--step",
+        default=None,
+        metavar="STEP",
+        help="the step of a stage that runs in steps (dedup: signatures, buckets, clusters, "
+        "filter); its indexes count that step's units",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=None,
@@ -101,6 +111,8 @@ class Assignment:
     plan: ShardPlan
     stages: tuple[str, ...]
     shards: tuple[int, ...]
+    """Plan shards, or the units of `step`."""
+    step: str | None = None
 
 
 def shard_index(args: argparse.Namespace) -> int:
@@ -144,14 +156,28 @@ def assignment(args: argparse.Namespace) -> Assignment:
         raise ValueError(
             f"{document.plan_uri}: plan {plan.plan_id}, the job needs {document.plan_id}"
         )
-    order: list[int] = list(range(len(plan.shards)))
+    order: list[int] = list(range(units(document, plan, stages, args.step)))
     if args.shard_list:
         order = [int(s) for s in json.loads(store.read_bytes(args.shard_list))]
     index = shard_index(args)
     if args.give_up and store.exists(join(args.give_up, give_up_key(index))):
         raise ValueError(f"index {index}: given up by the operator (evicted too often)")
     picked = block_of(index, args.shards_per_index, len(order))
-    return Assignment(document, plan, stages, tuple(order[i] for i in picked))
+    return Assignment(document, plan, stages, tuple(order[i] for i in picked), args.step)
+
+
+def units(document: JobDocument, plan: ShardPlan, stages: tuple[str, ...], step: str | None) -> int:
+    """What the indexes count through: the plan's shards, or the units of a dedup step."""
+    from palimpsest.dedupsteps import step_units
+    from palimpsest.stages.registry import STAGES, Runner
+
+    if STAGES[stages[0]].runner is not Runner.CORPUS:
+        if step is not None:
+            raise ValueError(f"--step: stage {stages[0]} does not run in steps")
+        return len(plan.shards)
+    if step is None:
+        raise ValueError(f"--step: required by stage {stages[0]}")
+    return step_units(step, len(plan.shards), document.job.dedup)
 
 
 def runner_settings(args: argparse.Namespace) -> RunnerSettings:
@@ -183,8 +209,11 @@ def run(args: argparse.Namespace) -> int:
 
     summary: dict[str, Any] | None
     try:
-        if STAGES[work.stages[0]].runner is Runner.RECORDS:
+        runner = STAGES[work.stages[0]].runner
+        if runner is Runner.RECORDS:
             summary = run_records(work, args.workers)
+        elif runner is Runner.CORPUS:
+            summary = run_steps(work)
         else:
             summary = run_llm(work, runner_settings(args))
     except CorruptObjectError as exc:
@@ -218,12 +247,37 @@ def run_records(work: Assignment, workers: int | None) -> dict[str, Any]:
                 )
             finally:
                 close_display()
-            results[str(shard)] = {
-                "committed": result.committed,
-                "already_done": result.already_done,
-                "stats": result.stats.to_dict(),
-            }
+            results[str(shard)] = result_summary(result)
     return {"stage": ref.stage_id, "shards": results}
+
+
+def result_summary(result: ShardResult) -> dict[str, Any]:
+    return {
+        "committed": result.committed,
+        "already_done": result.already_done,
+        "stats": result.stats.to_dict(),
+    }
+
+
+def run_steps(work: Assignment) -> dict[str, Any] | None:
+    """The index's units of one dedup step; None when the step before is not committed yet
+    (the Job retries the index)."""
+    from palimpsest.dedupstage import run_step
+    from palimpsest.rewrite.runner import MissingInputError
+
+    assert work.step is not None
+    (kind,) = work.stages
+    ref = work.document.ref(kind)
+    store = job_store(work.document)
+    results = {}
+    try:
+        for unit in work.shards:
+            result = run_step(store, work.document, work.plan, ref, work.step, unit)
+            results[str(unit)] = result_summary(result)
+    except MissingInputError as exc:
+        log.error("%s units %s failed, to be retried: %s", work.step, list(work.shards), exc)
+        return None
+    return {"stage": ref.stage_id, "step": work.step, "units": results}
 
 
 def run_llm(work: Assignment, settings: RunnerSettings) -> dict[str, Any] | None:

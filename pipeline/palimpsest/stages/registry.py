@@ -12,7 +12,9 @@ Two kinds of stage exist:
   a cluster); its entry's `open` builds it for a job, e.g. with a pool of linter processes;
 - `Runner.LLM`: a stage that sends each record to an engine; consecutive LLM stages of a job
   run in one pod on one loaded model (each still commits to its own folder); its entry's
-  judge turns an answer into a kept record or a reject.
+  judge turns an answer into a kept record or a reject;
+- `Runner.CORPUS`: a CPU stage that must see the whole corpus before judging a record
+  (dedup): ordered steps, each an Indexed Job with its own units (`palimpsest.dedupstage`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Runner(enum.StrEnum):
 
     RECORDS = "records"
     LLM = "llm"
+    CORPUS = "corpus"
 
 
 class RecordStage(Protocol):
@@ -157,6 +160,10 @@ def _decontam_settings(job: Job) -> Mapping[str, Any]:
     return job.decontam.identity()
 
 
+def _dedup_settings(job: Job) -> Mapping[str, Any]:
+    return job.dedup.identity()
+
+
 STAGES: Final[Mapping[str, StageDef]] = {
     entry.name: entry
     for entry in (
@@ -241,6 +248,17 @@ STAGES: Final[Mapping[str, StageDef]] = {
             decides=_decontam_settings,
             open=open_decontam,
         ),
+        StageDef(
+            name="dedup",
+            summary="keep one record of each cluster of exact or near duplicates across the "
+            "whole input (spec.dedup)",
+            runner=Runner.CORPUS,
+            pool=Pool.CPU,
+            reads="text",
+            writes="nothing (rejects carry duplicate_of, the kept record's id)",
+            tools=("rensa",),
+            decides=_dedup_settings,
+        ),
     )
 }
 """Every stage kind, by name."""
@@ -251,20 +269,20 @@ RECIPES: Final[Mapping[str, Recipe]] = {
         Recipe(
             name="swallowcode",
             summary="Python code: syntax check, pylint filter, SGCR and SCOR rewrites",
-            stages=("filter", "sgcr", "scor", "decontam"),
+            stages=("filter", "dedup", "sgcr", "scor", "decontam"),
             default=("filter", "sgcr", "scor"),
         ),
         Recipe(
             name="swallowmath",
             summary="math web text: one LLM rewrite",
-            stages=("math", "decontam"),
+            stages=("dedup", "math", "decontam"),
             default=("math",),
         ),
         Recipe(
             name="instruct",
             summary="responses of an open-weight LLM to human-written instructions, "
             "optionally translated first",
-            stages=("translate", "response"),
+            stages=("dedup", "translate", "response"),
             default=("response",),
         ),
     )
@@ -303,8 +321,8 @@ def llm_stages(names: Iterable[str]) -> tuple[str, ...]:
 
 
 def groups(names: Sequence[str]) -> Iterator[tuple[str, ...]]:
-    """Stages as pods run them: each RECORDS stage alone, consecutive LLM stages together
-    (one model load for all of them)."""
+    """Stages as pods run them: each RECORDS or CORPUS stage alone, consecutive LLM stages
+    together (one model load for all of them)."""
     current: list[str] = []
     for name in names:
         if STAGES[name].runner is Runner.LLM:
