@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from palimpsest.commit import CorruptMarkerError
+from palimpsest.dedupsteps import with_steps
 from palimpsest.identity import StageRef
 from palimpsest.job import Job, parse_job
 from palimpsest.stages.registry import Runner
@@ -171,7 +172,9 @@ class Tick:
                     c.REASON_RERUN,
                     f"rerun requested: waiting for {waiting} Jobs of the previous run to stop",
                 )
-        asked = requested(self.res.annotations, self.old, storage.store, job.output_uri, refs)
+        asked = requested(
+            self.res.annotations, self.old, storage.store, job.output_uri, with_steps(refs)
+        )
         self.events += asked.events
         self.status["retried"] = asked.retried
         previous = {} if asked.forget_counts else self.old

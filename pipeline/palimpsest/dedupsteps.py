@@ -8,11 +8,13 @@ and `palimpsest.dedupstage` (the steps under the commit protocol).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from palimpsest.identity import StageRef
 from palimpsest.stages.decontam import NUM_BANDS
+from palimpsest.stages.registry import STAGES, Runner
 
 COLUMNS: Final = NUM_BANDS + 1
 """Column 0 is the exact hash, columns 1..NUM_BANDS the LSH bands."""
@@ -84,6 +86,17 @@ def step_ref(ref: StageRef, step: str) -> StageRef:
         return ref
     folder = f"{ref.stage_id}/{STEPS_DIR}/{step}"
     return StageRef(ref.kind, f"{ref.stage_id}-{step}", ref.previous, folder)
+
+
+def with_steps(refs: Sequence[StageRef]) -> list[StageRef]:
+    """Every marker folder of the stages: each stage's own, and before a stage that runs in
+    steps, its steps' (what a rerun must forget, so no step reuses results of old inputs)."""
+    found: list[StageRef] = []
+    for ref in refs:
+        if STAGES[ref.kind].runner is Runner.CORPUS:
+            found += [step_ref(ref, step) for step in STEPS if step != FILTER]
+        found.append(ref)
+    return found
 
 
 def step_units(step: str, shards: int, settings: DedupSettings) -> int:

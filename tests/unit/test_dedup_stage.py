@@ -230,6 +230,14 @@ def test_the_operator_runs_the_steps_in_order_to_succeeded(tmp_path: Path) -> No
     assert sums.records_in == total
     assert read_marker(store, join(stage_uri, "_steps", "clusters"), 0) is not None
 
+    # A rerun forgets the steps' markers too: no step reuses results of the old inputs.
+    h.manifest["metadata"]["annotations"] = {c.ANNOTATION_RERUN: "2026-01-02"}
+    h.tick()  # stops the old Jobs
+    assert c.REASON_RERUN in [e.reason for e in h.tick().events]
+    assert not list(Path(stage_uri).glob("**/_markers/*.json"))
+    (first,) = h.cluster.jobs.values()
+    assert first.name.endswith("-signatures-r1")
+
 
 def test_a_step_unit_commits_once_and_a_losing_attempt_deletes_its_files(tmp_path: Path) -> None:
     store, uri = LocalStore(), str(tmp_path / "step")
