@@ -196,6 +196,7 @@ class ClusterPki:
     ca: KeyPair
     apiserver: KeyPair
     kubelet_serving: KeyPair
+    kueue_serving: KeyPair
     clients: dict[str, KeyPair]
     front_proxy_client: KeyPair
     service_account_key: Path
@@ -234,6 +235,14 @@ def generate(directory: Path) -> ClusterPki:
         _serving_names(),
         KeyPair(directory / "kubelet-serving.crt", directory / "kubelet-serving.key"),
     )
+    kueue_serving = _issue(
+        ca_cert,
+        ca_key,
+        _name("palimpsest-test-kueue"),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        _serving_names(),
+        KeyPair(directory / "kueue-serving.crt", directory / "kueue-serving.key"),
+    )
     clients = {
         identity.file_stem: _issue(
             ca_cert,
@@ -249,7 +258,9 @@ def generate(directory: Path) -> ClusterPki:
     }
     front_proxy = _front_proxy(directory)
     sa_key, sa_pub = _write_service_account_keys(directory)
-    return ClusterPki(ca, apiserver, kubelet_serving, clients, front_proxy, sa_key, sa_pub)
+    return ClusterPki(
+        ca, apiserver, kubelet_serving, kueue_serving, clients, front_proxy, sa_key, sa_pub
+    )
 
 
 def _front_proxy(directory: Path) -> KeyPair:
