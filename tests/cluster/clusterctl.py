@@ -558,7 +558,7 @@ def _start_node(layout: Layout, bins: Binaries, ports: Mapping[str, int], api_se
     write_kubeconfig(nodes.kubeconfig, api_server, layout, pki.NODE)
     node.start_containerd(nodes, lambda name, argv: _spawn(layout, name, argv), node.cache_dir())
     log(f"containerd ready in {time.monotonic() - started:.1f}s")
-    _spawn(layout, "node-kubelet", node.kubelet_args(nodes, bins.k8s_bin))
+    _spawn(layout, "node-kubelet", node.kubelet_args(nodes, bins.k8s_bin, node.node_address()))
 
 
 def _start_kueue(layout: Layout, bins: Binaries, ports: Mapping[str, int]) -> None:

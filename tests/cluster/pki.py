@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +174,19 @@ def _issue(
     return pair
 
 
+def node_ip() -> str | None:
+    """The host's address on its default route: the real node's InternalIP, where its kubelet
+    listens so that the API server reaches it for logs, exec and port-forward (a kubelet
+    refuses a loopback node IP). None when the host has no route out."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("203.0.113.1", 9))  # a UDP connect picks the route; nothing is sent
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
 def _serving_names() -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [
         x509.DNSName(name)
@@ -185,7 +199,8 @@ def _serving_names() -> list[x509.GeneralName]:
             "kubernetes.default.svc.cluster.local",
         )
     ]
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.96.0.1")]
+    addresses = ["127.0.0.1", "10.96.0.1", *filter(None, [node_ip()])]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in addresses]
     return names
 
 
