@@ -34,7 +34,7 @@ from palimpsest.job import Job, parse_job
 from palimpsest.names import API_VERSION, KIND, PLANS_DIR
 from palimpsest.stats import Stats
 from palimpsest.storage import S3Settings, join, store_for
-from palimpsest_operator.cluster import JobView, Resource
+from palimpsest_operator.cluster import JobView, Resource, WorkloadView
 from palimpsest_operator.evictions import FailedPod
 from palimpsest_operator.inputs import plan_key
 from palimpsest_operator.reconcile import reconcile
@@ -74,6 +74,9 @@ class BenchCluster:
 
     def list_failed_pods(self, namespace: str, job: str) -> list[FailedPod]:
         return []
+
+    def find_workload(self, namespace: str, job_uid: str) -> WorkloadView | None:
+        return None
 
 
 def bench_job(output_uri: str) -> Job:

@@ -32,6 +32,16 @@ class JobView:
     """Deletion was asked for; the Job stays until its pods have stopped (foreground)."""
     shard_list: str | None = None
     """The URI of the shard list a retry Job's indexes count through (None: the plan)."""
+    uid: str = ""
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """Kueue's Workload for a queued Job: its name and why it is not admitted yet."""
+
+    name: str
+    message: str
+    """The message of its QuotaReserved condition ("" before Kueue has looked at it)."""
 
 
 class Cluster(Protocol):
@@ -52,6 +62,10 @@ class Cluster(Protocol):
     def set_job_suspended(self, namespace: str, name: str, suspended: bool) -> None: ...
 
     def list_failed_pods(self, namespace: str, job: str) -> list[FailedPod]: ...
+
+    def find_workload(self, namespace: str, job_uid: str) -> WorkloadView | None:
+        """Kueue's Workload of the Job with this uid (None: none yet, or no Kueue)."""
+        ...
 
 
 @dataclass(frozen=True)

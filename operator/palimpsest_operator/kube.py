@@ -1,7 +1,8 @@
 """The `Cluster` calls of a tick, made with the official Kubernetes client.
 
 Only what the operator's RBAC grants is used here: get Secrets and ConfigMaps, list, create,
-patch and delete Jobs in the RewriteJob's namespace (manifests/README.md lists the rules).
+patch and delete Jobs in the RewriteJob's namespace, list failed pods and Kueue Workloads
+(manifests/README.md lists the rules).
 Creating a Job that already exists (409) counts as success: names are deterministic, so it
 is the same Job.
 """
@@ -9,17 +10,22 @@ is the same Job.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from palimpsest_operator import constants as c
-from palimpsest_operator.cluster import JobView
+from palimpsest_operator.cluster import JobView, WorkloadView
 from palimpsest_operator.evictions import FailedPod
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+KUEUE_GROUP = "kueue.x-k8s.io"
+# Kueue serves v1beta2 since 0.15 and v1beta1 before; the first one the API server has wins.
+KUEUE_VERSIONS = ("v1beta2", "v1beta1")
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 
 def load_config() -> None:
@@ -34,6 +40,7 @@ class KubeCluster:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
 
     def _secret(self, namespace: str, name: str) -> Any | None:
         try:
@@ -98,6 +105,35 @@ class KubeCluster:
         )
         return [_failed_pod(pod) for pod in pods.items]
 
+    def find_workload(self, namespace: str, job_uid: str) -> WorkloadView | None:
+        for version in KUEUE_VERSIONS:
+            try:
+                found = self.custom.list_namespaced_custom_object(
+                    KUEUE_GROUP,
+                    version,
+                    namespace,
+                    "workloads",
+                    label_selector=f"{KUEUE_JOB_UID_LABEL}={job_uid}",
+                )
+            except ApiException as exc:
+                # 404: Kueue (or this version of its API) is not installed; 403: the operator's
+                # role was installed without the Kueue rule. Either way the message says less.
+                if exc.status in (403, 404):
+                    continue
+                raise
+            items = found.get("items") or []
+            return workload_view(items[0]) if items else None
+        return None
+
+
+def workload_view(workload: Mapping[str, Any]) -> WorkloadView:
+    """The name of a Workload object and the message of its QuotaReserved condition."""
+    conditions = (workload.get("status") or {}).get("conditions") or []
+    message = next(
+        (str(x.get("message", "")) for x in conditions if x.get("type") == "QuotaReserved"), ""
+    )
+    return WorkloadView(str(workload["metadata"]["name"]), message)
+
 
 def _failed_pod(pod: Any) -> FailedPod:
     annotations = pod.metadata.annotations or {}
@@ -131,4 +167,5 @@ def _view(job: Any) -> JobView:
         shards_per_index=int(annotations.get(c.ANNOTATION_SHARDS_PER_INDEX, "1")),
         deleting=job.metadata.deletion_timestamp is not None,
         shard_list=annotations.get(c.ANNOTATION_SHARD_LIST),
+        uid=str(job.metadata.uid or ""),
     )

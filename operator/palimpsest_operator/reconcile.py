@@ -37,7 +37,14 @@ from palimpsest_operator.annotations import (
     rerun_pending,
     retry_list,
 )
-from palimpsest_operator.cluster import Cluster, Event, JobView, Resource, TickResult
+from palimpsest_operator.cluster import (
+    Cluster,
+    Event,
+    JobView,
+    Resource,
+    TickResult,
+    WorkloadView,
+)
 from palimpsest_operator.evictions import exhausted_indexes, give_up_uri
 from palimpsest_operator.inputs import ensure_document, ensure_plan, load_prompts
 from palimpsest_operator.manifest import ManifestProgress, manifest_uri, write_manifest_step
@@ -338,12 +345,9 @@ class Tick:
         if placement.suspend:
             return c.SUSPENDED, c.REASON_SUSPENDED, f"{run.label} suspended", c.STAGE_WAITING
         if placement.queue_name and (view is None or view.suspended):
-            # Created suspended for Kueue, which admits it by unsuspending it; Kueue's Workload
-            # is job-<Job name>-<hash of the Job's name and uid>.
-            message = (
-                f"{run.label}: Job {work.name} waiting for admission by Kueue queue "
-                f"{placement.queue_name} (workload job-{work.name}-*)"
-            )
+            # Created suspended for Kueue, which admits it by unsuspending it.
+            workload = self.cluster.find_workload(work.owner.namespace, view.uid) if view else None
+            message = admission_message(run.label, work.name, placement.queue_name, workload)
             return (
                 c.WAITING_FOR_ADMISSION,
                 c.REASON_WAITING_FOR_ADMISSION,
@@ -528,6 +532,15 @@ class Tick:
                 if key not in self.status and key not in ("kopf", "dryRun"):
                     self.status[key] = value
         return TickResult(self.status, self.events)
+
+
+def admission_message(label: str, job: str, queue: str, workload: WorkloadView | None) -> str:
+    """What a stage waiting for Kueue says: its Workload and why Kueue has not admitted it."""
+    waiting = f"{label}: Job {job} waiting for admission by Kueue queue {queue}"
+    if workload is None:
+        return f"{waiting} (no Workload yet)"
+    reason = f": {workload.message}" if workload.message else ""
+    return f"{waiting}, workload {workload.name}{reason}"
 
 
 def running_shards(jv: JobView | None, tally: Tally) -> int:

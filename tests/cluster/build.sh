@@ -13,23 +13,29 @@
 # staging module (the list is read from that version's own go.mod) with its published
 # v0.X.Y release. etcd's server module has the same problem and gets the same treatment.
 #
+# Kueue is `go install`ed at its pinned release; its CRDs and webhook configurations are copied
+# from the same module (config/components) beside the binary, so cluster-up installs the
+# objects of the release it runs.
+#
 # Usage: tests/cluster/build.sh [--print-env | --trim-go-cache]
 #   --print-env       print versions and binary directories, build nothing
 #   --trim-go-cache   build, then delete the Go module and build caches (about 5 GB); the
 #                     binaries stay cached, but a version bump then rebuilds from scratch
 # Environment: PALIMPSEST_CACHE (default ~/.cache/palimpsest), BUILD_JOBS (default 2),
-# K8S_VERSION, ETCD_VERSION, HELM_VERSION (defaults pinned below).
+# K8S_VERSION, ETCD_VERSION, HELM_VERSION, KUEUE_VERSION (defaults pinned below).
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.35.8}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+KUEUE_VERSION="${KUEUE_VERSION:-v0.17.0}"
 CACHE="${PALIMPSEST_CACHE:-$HOME/.cache/palimpsest}"
 JOBS="${BUILD_JOBS:-2}"
 
 K8S_DIR="$CACHE/kubernetes-$K8S_VERSION"
 ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
 HELM_DIR="$CACHE/helm-$HELM_VERSION"
+KUEUE_DIR="$CACHE/kueue-$KUEUE_VERSION"
 
 # Never fetch another Go toolchain, never link C; keep the build within 2 cores.
 export GOTOOLCHAIN=local
@@ -172,7 +178,22 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdmain"
 )
 
-func main() { etcdmain.Main(os.Args) }
+func build_kueue() {
+    if is_built "$KUEUE_DIR" kueue && [[ -f "$KUEUE_DIR/config/webhooks.yaml" ]]; then
+        log "kueue $KUEUE_VERSION cached in $KUEUE_DIR/bin"
+        return
+    fi
+    mkdir -p "$KUEUE_DIR/bin" "$KUEUE_DIR/config/crd"
+    local ldflags="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
+    GOBIN="$KUEUE_DIR/bin" GOFLAGS="-modcacherw -buildvcs=false" timed "kueue $KUEUE_VERSION go install" \
+        go install -p "$JOBS" -trimpath -ldflags "$ldflags" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+    local module="$GOMODCACHE/sigs.k8s.io/kueue@$KUEUE_VERSION"
+    cp "$module"/config/components/crd/bases/*.yaml "$KUEUE_DIR/config/crd/"
+    cp "$module/config/components/webhook/manifests.yaml" "$KUEUE_DIR/config/webhooks.yaml"
+    touch "$KUEUE_DIR/bin/.complete"
+}
+
+main() { etcdmain.Main(os.Args) }
 EOF
     rm -f "$src/go.sum"
     local ldflags="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${ETCD_VERSION}"
@@ -203,25 +224,43 @@ build_helm() {
     touch "$HELM_DIR/bin/.complete"
 }
 
+build_kueue() {
+    if is_built "$KUEUE_DIR" kueue && [[ -f "$KUEUE_DIR/config/webhooks.yaml" ]]; then
+        log "kueue $KUEUE_VERSION cached in $KUEUE_DIR/bin"
+        return
+    fi
+    mkdir -p "$KUEUE_DIR/bin" "$KUEUE_DIR/config/crd"
+    local ldflags="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
+    GOBIN="$KUEUE_DIR/bin" GOFLAGS="-modcacherw -buildvcs=false" timed "kueue $KUEUE_VERSION go install" \
+        go install -p "$JOBS" -trimpath -ldflags "$ldflags" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+    local module="$GOMODCACHE/sigs.k8s.io/kueue@$KUEUE_VERSION"
+    cp "$module"/config/components/crd/bases/*.yaml "$KUEUE_DIR/config/crd/"
+    cp "$module/config/components/webhook/manifests.yaml" "$KUEUE_DIR/config/webhooks.yaml"
+    touch "$KUEUE_DIR/bin/.complete"
+}
+
 main() {
     if [[ "${1:-}" == "--print-env" ]]; then
         # What the cluster scripts need to find the binaries, without building anything.
         printf '%s\n' "K8S_VERSION=$K8S_VERSION" "ETCD_VERSION=$ETCD_VERSION" "HELM_VERSION=$HELM_VERSION" \
-            "K8S_BIN=$K8S_DIR/bin" "ETCD_BIN=$ETCD_DIR/bin" "HELM_BIN=$HELM_DIR/bin"
+            "KUEUE_VERSION=$KUEUE_VERSION" "K8S_BIN=$K8S_DIR/bin" "ETCD_BIN=$ETCD_DIR/bin" \
+            "HELM_BIN=$HELM_DIR/bin" "KUEUE_BIN=$KUEUE_DIR/bin" "KUEUE_CONFIG=$KUEUE_DIR/config"
         return
     fi
-    if ! is_built "$K8S_DIR" "${K8S_COMMANDS[@]}" || ! is_built "$ETCD_DIR" etcd || ! is_built "$HELM_DIR" helm; then
+    if ! is_built "$K8S_DIR" "${K8S_COMMANDS[@]}" || ! is_built "$ETCD_DIR" etcd || ! is_built "$HELM_DIR" helm \
+        || ! is_built "$KUEUE_DIR" kueue; then
         check_go
     fi
     mkdir -p "$CACHE"
     build_etcd
     build_helm
     build_kubernetes
+    build_kueue
     if [[ "${1:-}" == "--trim-go-cache" ]]; then
         log "deleting the Go caches under $CACHE/go"
         rm -rf "$CACHE/go"
     fi
-    log "done: $K8S_DIR/bin $ETCD_DIR/bin $HELM_DIR/bin"
+    log "done: $K8S_DIR/bin $ETCD_DIR/bin $HELM_DIR/bin $KUEUE_DIR/bin"
 }
 
 main "$@"

@@ -34,7 +34,7 @@ from pathlib import Path
 import boto3
 import yaml
 
-from tests.cluster import node, pki, processes
+from tests.cluster import kueue, node, pki, processes
 from tests.support import s3server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +72,7 @@ COMPONENTS = (
     "kubelet",
     "containerd",
     "node-kubelet",
+    "kueue",
 )
 
 
@@ -125,6 +126,10 @@ class Layout:
     def node(self) -> node.NodeLayout:
         return node.NodeLayout(self.root / "node")
 
+    @property
+    def kueue(self) -> kueue.KueueLayout:
+        return kueue.KueueLayout(self.root / "kueue")
+
     def pid_file(self, component: str) -> Path:
         return self.run / f"{component}.pid"
 
@@ -142,9 +147,12 @@ class Binaries:
     kubernetes_version: str
     etcd_version: str
     helm_version: str
+    kueue_version: str
     k8s_bin: Path
     etcd_bin: Path
     helm_bin: Path
+    kueue_bin: Path
+    kueue_config: Path
 
     def missing(self) -> list[Path]:
         wanted = [
@@ -157,7 +165,7 @@ class Binaries:
                 "kubelet",
             )
         ]
-        wanted += [self.etcd_bin / "etcd", self.helm_bin / "helm"]
+        wanted += [self.etcd_bin / "etcd", self.helm_bin / "helm", self.kueue_bin / "kueue"]
         return [path for path in wanted if not os.access(path, os.X_OK)]
 
     @property
@@ -174,9 +182,12 @@ def binaries() -> Binaries:
         kubernetes_version=values["K8S_VERSION"],
         etcd_version=values["ETCD_VERSION"],
         helm_version=values["HELM_VERSION"],
+        kueue_version=values["KUEUE_VERSION"],
         k8s_bin=Path(values["K8S_BIN"]),
         etcd_bin=Path(values["ETCD_BIN"]),
         helm_bin=Path(values["HELM_BIN"]),
+        kueue_bin=Path(values["KUEUE_BIN"]),
+        kueue_config=Path(values["KUEUE_CONFIG"]),
     )
 
 
@@ -193,6 +204,7 @@ class ClusterInfo:
     helm_version: str
     path_dirs: list[str]
     ports: dict[str, int]
+    kueue_version: str = ""
     # "manual" (`make cluster-up`: stays up until `make cluster-down`) or "tests" (a pytest
     # session: the last session using it stops it).
     started_by: str = "manual"
@@ -451,6 +463,9 @@ def _allocate_ports() -> dict[str, int]:
         "kube-scheduler",
         "kubelet",
         "node-kubelet",
+        "kueue-webhook",
+        "kueue-metrics",
+        "kueue-health",
     ):
         port = s3server.free_port()
         while port in ports.values():
@@ -543,7 +558,49 @@ def _start_node(layout: Layout, bins: Binaries, ports: Mapping[str, int], api_se
     write_kubeconfig(nodes.kubeconfig, api_server, layout, pki.NODE)
     node.start_containerd(nodes, lambda name, argv: _spawn(layout, name, argv), node.cache_dir())
     log(f"containerd ready in {time.monotonic() - started:.1f}s")
-    _spawn(layout, "node-kubelet", node.kubelet_args(nodes, bins.k8s_bin))
+    _spawn(layout, "node-kubelet", node.kubelet_args(nodes, bins.k8s_bin, node.node_address()))
+
+
+def _start_kueue(layout: Layout, bins: Binaries, ports: Mapping[str, int]) -> None:
+    """Kueue's CRDs and manager, started while the nodes register (see _await_kueue)."""
+    missing = kueue.missing_tools()
+    if missing:
+        raise RuntimeError(f"Kueue in the test cluster needs {', '.join(missing)} (util-linux)")
+    certs = layout.pki
+    kueue.write_files(
+        layout.kueue,
+        ports,
+        certs / "kueue-serving.crt",
+        certs / "kueue-serving.key",
+        certs / "ca.crt",
+        bins.kueue_config / "webhooks.yaml",
+    )
+    crds = str(bins.kueue_config / "crd")
+    _kubectl_checked(bins, layout, "apply", "--server-side", "-f", crds)
+    _kubectl_checked(bins, layout, "create", "namespace", kueue.NAMESPACE)
+    _kubectl_checked(
+        bins, layout, "wait", "--for=condition=Established", "--timeout=60s", "-f", crds
+    )
+    argv = kueue.manager_argv(bins.kueue_bin / "kueue", layout.kueue, layout.kubeconfig)
+    _spawn(layout, "kueue", argv)
+
+
+def _await_kueue(layout: Layout, bins: Binaries, ports: Mapping[str, int]) -> None:
+    """Kueue serving its webhooks; only then are they registered with the API server."""
+    wait_for(
+        "kueue",
+        lambda: _http_ok(f"http://127.0.0.1:{ports['kueue-health']}/readyz"),
+        60,
+        processes.read_pid_file(layout.pid_file("kueue")),
+        layout.log_file("kueue"),
+    )
+    _kubectl_checked(bins, layout, "apply", "-f", str(layout.kueue.webhooks))
+
+
+def _kubectl_checked(bins: Binaries, layout: Layout, *args: str) -> None:
+    result = _kubectl(bins, layout, *args)
+    if result.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
 
 
 def _kubectl(bins: Binaries, layout: Layout, *args: str) -> subprocess.CompletedProcess[str]:
@@ -636,7 +693,9 @@ def _up_locked(layout: Layout, started_by: str) -> tuple[ClusterInfo, bool]:
     try:
         s3_endpoint = _start_s3(layout)
         api_server = _start_control_plane(layout, bins, ports)
+        _start_kueue(layout, bins, ports)
         _wait_usable(layout, bins)
+        _await_kueue(layout, bins, ports)
     except BaseException:
         _stop_all(layout)
         raise
@@ -648,6 +707,7 @@ def _up_locked(layout: Layout, started_by: str) -> tuple[ClusterInfo, bool]:
         kubernetes_version=bins.kubernetes_version,
         etcd_version=bins.etcd_version,
         helm_version=bins.helm_version,
+        kueue_version=bins.kueue_version,
         path_dirs=bins.path_dirs,
         ports=ports,
         started_by=started_by,

@@ -192,8 +192,13 @@ def cni_config(layout: NodeLayout) -> dict[str, object]:
     }
 
 
+def node_address() -> str:
+    """Where the kubelet listens: the node's InternalIP (loopback if the host has no route)."""
+    return pki.node_ip() or "127.0.0.1"
+
+
 def kubelet_config(
-    layout: NodeLayout, ca: Path, serving: pki.KeyPair, port: int
+    layout: NodeLayout, ca: Path, serving: pki.KeyPair, port: int, address: str
 ) -> dict[str, object]:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -201,7 +206,8 @@ def kubelet_config(
         # 1.35 refuses cgroup v1 unless told; this host has only v1.
         "failCgroupV1": False,
         "cgroupDriver": "cgroupfs",
-        "address": "127.0.0.1",
+        # The node's InternalIP, where the API server connects for logs, exec, port-forward.
+        "address": address,
         "port": port,
         "readOnlyPort": 0,
         "healthzPort": 0,
@@ -209,7 +215,7 @@ def kubelet_config(
         "volumePluginDir": str(layout.kubelet_root / "volume-plugins"),
         "tlsCertFile": str(serving.cert),
         "tlsPrivateKeyFile": str(serving.key),
-        # Client certificates of the cluster's CA only; it listens on loopback.
+        # Client certificates of the cluster's CA only (the API server's among them).
         "authentication": {
             "anonymous": {"enabled": False},
             "webhook": {"enabled": False},
@@ -231,13 +237,14 @@ def kubelet_config(
     }
 
 
-def kubelet_args(layout: NodeLayout, k8s_bin: Path) -> list[str]:
+def kubelet_args(layout: NodeLayout, k8s_bin: Path, address: str) -> list[str]:
     return [
         str(k8s_bin / "kubelet"),
         f"--config={layout.kubelet_config}",
         f"--kubeconfig={layout.kubeconfig}",
         f"--root-dir={layout.kubelet_root}",
         f"--hostname-override={NAME}",
+        f"--node-ip={address}",
         f"--node-labels={POOL_LABEL}=cpu,palimpsest.dev/runtime=containerd",
         "--v=1",
     ]
@@ -380,7 +387,7 @@ def write_configs(layout: NodeLayout, cluster_pki: Path, api_server: str, port: 
     layout.cni_conf.mkdir(exist_ok=True)
     (layout.cni_conf / "10-palimpsest.conflist").write_text(json.dumps(cni_config(layout)))
     serving = pki.KeyPair(cluster_pki / "kubelet-serving.crt", cluster_pki / "kubelet-serving.key")
-    config = kubelet_config(layout, cluster_pki / "ca.crt", serving, port)
+    config = kubelet_config(layout, cluster_pki / "ca.crt", serving, port, node_address())
     layout.kubelet_config.write_text(yaml.safe_dump(config))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +174,19 @@ def _issue(
     return pair
 
 
+def node_ip() -> str | None:
+    """The host's address on its default route: the real node's InternalIP, where its kubelet
+    listens so that the API server reaches it for logs, exec and port-forward (a kubelet
+    refuses a loopback node IP). None when the host has no route out."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("203.0.113.1", 9))  # a UDP connect picks the route; nothing is sent
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
 def _serving_names() -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = [
         x509.DNSName(name)
@@ -185,7 +199,8 @@ def _serving_names() -> list[x509.GeneralName]:
             "kubernetes.default.svc.cluster.local",
         )
     ]
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.96.0.1")]
+    addresses = ["127.0.0.1", "10.96.0.1", *filter(None, [node_ip()])]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in addresses]
     return names
 
 
@@ -196,6 +211,7 @@ class ClusterPki:
     ca: KeyPair
     apiserver: KeyPair
     kubelet_serving: KeyPair
+    kueue_serving: KeyPair
     clients: dict[str, KeyPair]
     front_proxy_client: KeyPair
     service_account_key: Path
@@ -234,6 +250,14 @@ def generate(directory: Path) -> ClusterPki:
         _serving_names(),
         KeyPair(directory / "kubelet-serving.crt", directory / "kubelet-serving.key"),
     )
+    kueue_serving = _issue(
+        ca_cert,
+        ca_key,
+        _name("palimpsest-test-kueue"),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        _serving_names(),
+        KeyPair(directory / "kueue-serving.crt", directory / "kueue-serving.key"),
+    )
     clients = {
         identity.file_stem: _issue(
             ca_cert,
@@ -249,7 +273,9 @@ def generate(directory: Path) -> ClusterPki:
     }
     front_proxy = _front_proxy(directory)
     sa_key, sa_pub = _write_service_account_keys(directory)
-    return ClusterPki(ca, apiserver, kubelet_serving, clients, front_proxy, sa_key, sa_pub)
+    return ClusterPki(
+        ca, apiserver, kubelet_serving, kueue_serving, clients, front_proxy, sa_key, sa_pub
+    )
 
 
 def _front_proxy(directory: Path) -> KeyPair:

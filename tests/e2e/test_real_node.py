@@ -221,3 +221,9 @@ def test_operator_installed_with_helm_runs_in_its_image_on_the_real_node(
     assert pod["spec"]["nodeName"] == node.NAME and pod["status"]["phase"] == "Running"
     assert pod["spec"]["securityContext"]["runAsUser"] == runtime.RUN_AS_UID
     run_filter_job(k8s_cluster, helm_release, filter_image)
+    # The API server reaches the node's kubelet at its InternalIP: logs and exec work.
+    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    logs = k8s_cluster.kubectl("logs", name, "-n", namespace).stdout
+    assert "RewriteJob" in logs or "kopf" in logs.lower(), logs[-2000:]
+    whoami = k8s_cluster.kubectl("exec", name, "-n", namespace, "--", "id", "-u").stdout
+    assert whoami.strip() == str(runtime.RUN_AS_UID)

@@ -61,12 +61,13 @@ def test_runtime_configs_keep_everything_under_the_node_folder(tmp_path: Path) -
     ):
         assert Path(path).is_relative_to(layout.root)
     serving = pki.KeyPair(tmp_path / "s.crt", tmp_path / "s.key")
-    kubelet = node.kubelet_config(layout, tmp_path / "ca.crt", serving, 12345)
+    kubelet = node.kubelet_config(layout, tmp_path / "ca.crt", serving, 12345, "192.0.2.7")
     assert kubelet["registerWithTaints"] == [node.TAINT]
     assert kubelet["containerRuntimeEndpoint"] == f"unix://{layout.socket}"
-    assert (kubelet["address"], kubelet["port"], kubelet["readOnlyPort"]) == ("127.0.0.1", 12345, 0)
+    assert (kubelet["address"], kubelet["port"], kubelet["readOnlyPort"]) == ("192.0.2.7", 12345, 0)
     ipam = node.cni_config(layout)["plugins"][0]["ipam"]  # type: ignore[index]
     assert Path(ipam["dataDir"]).is_relative_to(layout.root)
-    args = node.kubelet_args(layout, Path("/bin"))
+    args = node.kubelet_args(layout, Path("/bin"), "192.0.2.7")
+    assert "--node-ip=192.0.2.7" in args
     assert f"--root-dir={layout.kubelet_root}" in args
     assert f"--hostname-override={node.NAME}" in args

@@ -54,11 +54,45 @@ def rules_to_set(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     }
 
 
+def module_constants(tree: ast.Module) -> dict[str, str]:
+    return {
+        target.id: node.value.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+        for target in node.targets
+        if isinstance(target, ast.Name) and isinstance(node.value.value, str)
+    }
+
+
+def custom_object_permissions(tree: ast.Module) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of `self.custom.<verb>_namespaced_custom_object(group, version,
+    namespace, plural)` calls, the group named by a module constant or a literal."""
+    constants = module_constants(tree)
+    found = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        owner = node.func.value
+        if not (isinstance(owner, ast.Attribute) and owner.attr == "custom"):
+            continue
+        match = re.fullmatch(
+            r"(read|list|create|delete|patch)_namespaced_custom_object", node.func.attr
+        )
+        assert match, f"unmapped custom object call {node.func.attr}"
+        group, plural = node.args[0], node.args[3]
+        assert isinstance(plural, ast.Constant)
+        name = constants[group.id] if isinstance(group, ast.Name) else ast.literal_eval(group)
+        found.add((name, str(plural.value), CLIENT_VERBS[match.group(1)]))
+    return found
+
+
 def code_permissions() -> set[tuple[str, str, str]]:
-    """(group, resource, verb) for every `self.core.*` / `self.batch.*` call in the operator."""
+    """(group, resource, verb) for every Kubernetes client call in the operator."""
     found = set()
     for path in (REPO / "operator" / "palimpsest_operator").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        found |= custom_object_permissions(tree)
+        for node in ast.walk(tree):
             if not (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)):
                 continue
             if node.value.attr not in CLIENT_GROUPS:
@@ -101,6 +135,7 @@ def test_chart_prompts_are_identical_to_the_project_prompts() -> None:
 def test_rbac_is_exactly_what_the_code_and_kopf_use() -> None:
     needed = code_permissions() | KOPF_NEEDS
     assert ("batch", "jobs", "create") in needed
+    assert ("kueue.x-k8s.io", "workloads", "list") in needed
     kustomize = [
         rule
         for d in yaml_docs(REPO / "manifests" / "operator" / "rbac.yaml")

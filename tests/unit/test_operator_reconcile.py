@@ -23,7 +23,7 @@ from palimpsest.job import Job
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
 from palimpsest_operator import constants as c
-from palimpsest_operator.cluster import JobView, Resource, TickResult
+from palimpsest_operator.cluster import JobView, Resource, TickResult, WorkloadView
 from palimpsest_operator.evictions import FailedPod, give_up_uri
 from palimpsest_operator.progress import parse_indexes
 from palimpsest_operator.reconcile import reconcile
@@ -44,6 +44,7 @@ class FakeCluster:
         self.config_maps: dict[str, dict[str, str]] = {}
         self.failed_pods: dict[str, list[FailedPod]] = {}
         self.secret_labels: dict[str, dict[str, str]] = {}
+        self.workloads: dict[str, WorkloadView] = {}  # by Job uid
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         return self.secrets.get(name)
@@ -70,6 +71,7 @@ class FakeCluster:
                 manifest["metadata"]["annotations"][c.ANNOTATION_SHARDS_PER_INDEX]
             ),
             shard_list=manifest["metadata"]["annotations"].get(c.ANNOTATION_SHARD_LIST),
+            uid=f"uid-{name}",
         )
         return True
 
@@ -85,6 +87,9 @@ class FakeCluster:
 
     def list_failed_pods(self, namespace: str, job: str) -> list[FailedPod]:
         return self.failed_pods.get(job, [])
+
+    def find_workload(self, namespace: str, job_uid: str) -> WorkloadView | None:
+        return self.workloads.get(job_uid)
 
     def progress(
         self, name: str, completed: str, finished: str | None = None, failed: str | None = None
@@ -330,7 +335,12 @@ def test_queued_job_is_created_suspended_and_waits_for_kueue(tmp_path: Path) -> 
         assert h.status["phase"] == c.WAITING_FOR_ADMISSION
     waiting = conditions_of(h.status)[c.COND_WAITING_FOR_ADMISSION]
     assert waiting["status"] == "True" and name in waiting["message"]
-    assert f"job-{name}-" in waiting["message"] and "gpu-queue" in waiting["message"]
+    assert "gpu-queue" in waiting["message"] and "no Workload yet" in waiting["message"]
+    quota = "insufficient unused quota for nvidia.com/gpu in flavor gpu, 1 more needed"
+    h.cluster.workloads[f"uid-{name}"] = WorkloadView(f"job-{name}-3f2a1", quota)
+    h.tick()  # Kueue made the Workload and tried to admit it
+    waiting = conditions_of(h.status)[c.COND_WAITING_FOR_ADMISSION]
+    assert f"workload job-{name}-3f2a1: {quota}" in waiting["message"]
     assert conditions_of(h.status)[c.COND_SUSPENDED]["status"] == "False"
     h.cluster.set_job_suspended("team", name, False)  # Kueue admits it
     h.tick()
