@@ -4,8 +4,9 @@ While the job runs, a seeded loop deletes or evicts (Eviction API) about a tenth
 never the same shard index of a Job twice, and kills the operator with SIGKILL once (then
 starts it again). The job must still succeed with every input id ending exactly once in the
 last stage's output or some stage's rejects, every part a marker lists present, and status
-counts equal to the markers' sums. The run's counts go to .cluster/logs/e2e-chaos-counts.json
-and to stdout (`pytest -s`), so they can be quoted.
+counts equal to the markers' sums, and the dataset manifest counting the kept records. The
+run's counts go to .cluster/logs/e2e-chaos-counts.json and to stdout (`pytest -s`), so they can
+be quoted; the operator's log to e2e-chaos-operator.log beside them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import time
 from collections import Counter
@@ -35,6 +37,7 @@ from tests.e2e.rewritejobs import (
     jobs,
     phase_in,
     rewrite_job,
+    s3,
     scripted_model,
     write_input,
 )
@@ -197,12 +200,17 @@ def test_job_succeeds_exactly_once_under_pod_chaos_and_an_operator_restart(
     }
     LOGS.mkdir(parents=True, exist_ok=True)
     COUNTS.write_text(json.dumps(counts, indent=1) + "\n")
+    shutil.copyfile(operator.log, LOGS / "e2e-chaos-operator.log")
     print("chaos run:", json.dumps(counts))
     assert chaos.done["delete"] + chaos.done["evict"] >= 1
     assert ended == expected  # every input id exactly once: outputs of SCOR plus all rejects
     assert status["records"]["in"] == RECORDS
     assert status["records"]["kept"] + sum(counts["rejectsByStage"].values()) == RECORDS
     assert_status_matches_markers(status)
+    manifest_uri = str(status["manifestUri"]).removeprefix("s3://")
+    bucket, _, key = manifest_uri.partition("/")
+    manifest = json.loads(s3().get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert manifest["records"] == status["records"]["kept"]
 
 
 def job_counts(cluster: Cluster, namespace: str) -> dict[str, Any]:
