@@ -127,7 +127,7 @@ class Committer:
 
     def __call__(self) -> None:
         last = min(self.committed + self.per_tick, self.shards)
-        write_markers(self.job, self.stage_uri, range(self.committed, last))
+        write_markers(self.stage_uri, range(self.committed, last))
         self.committed = last
         view = self.tenant.cluster.view
         if view is not None and last:

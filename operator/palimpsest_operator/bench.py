@@ -4,14 +4,16 @@ A tick's cost must not grow with the number of shards a job has: it reads only t
 of shards finished since the last tick (plus one listing page) and keeps the counted set as
 a compressed bitmap. This benchmark runs the real reconcile pass (fake cluster, real store:
 S3 when OUTPUT_URI is s3://, with boto3's usual configuration, or a local folder) over a
-filter stage of N shards and reports:
+filter stage of N shards, each tick under the operator's time budget, and reports:
 
 - rebuild: ticks from an empty status until every committed marker is counted (the cost
   after losing status entirely; MAX_READS_PER_TICK bounds each of those ticks);
 - steady: one tick during the run in which `--new` shards finished since the last tick;
 - idle: one tick during the run in which nothing new finished;
+- the CPU seconds of the idle and steady ticks (all threads), which a busy machine does not
+  inflate as it does wall-clock time;
 - manifest: the ticks after the last shard, which write the dataset manifest (reading every
-  marker once, a bounded number of part lists per tick): how many, the longest, the total;
+  marker once, as many as each tick's time budget allows): how many, the longest, the total;
 - the status size in bytes and the process's peak resident memory (`--parts` sets the parts
   each marker lists, which the manifest carries).
 """
@@ -23,7 +25,7 @@ import copy
 import json
 import resource
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -35,6 +37,7 @@ from palimpsest.names import API_VERSION, KIND, PLANS_DIR
 from palimpsest.stats import Stats
 from palimpsest.storage import S3Settings, join, store_for
 from palimpsest_operator.cluster import JobView, Resource, WorkloadView
+from palimpsest_operator.config import CONFIG
 from palimpsest_operator.evictions import FailedPod
 from palimpsest_operator.inputs import plan_key
 from palimpsest_operator.reconcile import reconcile
@@ -95,25 +98,38 @@ def bench_job(output_uri: str) -> Job:
     )
 
 
-def write_markers(job: Job, stage_uri: str, shards: range, parts: int = 0) -> None:
-    store = store_for(stage_uri, S3Settings())
+def bench_marker(stage_uri: str, shard: int, parts: int) -> bytes:
+    """The marker of one shard of 10,000 records listing `parts` output parts."""
     stats = Stats(records_in=10_000, kept=6_000, seconds=600.0)
     stats.rejects.update({"syntax_error": 1_000, "pylint_score": 3_000})
+    listed = [
+        Part(join(stage_uri, f"shard-{shard:06d}", f"part-{p:03d}.jsonl.zst"), 150, 90_000)
+        for p in range(parts)
+    ]
+    body = {OUTPUT_KIND: listed} if parts else {}
+    return Marker(shard, "bench", stage_uri.rsplit("/", 1)[-1], body, stats, "t").to_json()
+
+
+def write_markers(stage_uri: str, shards: range, parts: int = 0) -> None:
+    """Commit the markers of `shards` through the store (one PUT each, 32 at once)."""
+    store = store_for(stage_uri, S3Settings())
 
     def put(shard: int) -> None:
-        listed = [
-            Part(join(stage_uri, f"shard-{shard:06d}", f"part-{p:03d}.jsonl.zst"), 150, 90_000)
-            for p in range(parts)
-        ]
-        body = {OUTPUT_KIND: listed} if parts else {}
-        marker = Marker(shard, "bench", stage_uri.rsplit("/", 1)[-1], body, stats, "t")
-        store.put_bytes(marker_uri(stage_uri, shard), marker.to_json())
+        store.put_bytes(marker_uri(stage_uri, shard), bench_marker(stage_uri, shard, parts))
 
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(put, shards))
 
 
-def run(output_uri: str, shards: int, new: int, parts: int = 0) -> dict[str, Any]:
+Seeder = Callable[[str, range, int], None]
+"""Commits the markers of a range of shards of a stage, each listing a number of parts."""
+
+
+def run(
+    output_uri: str, shards: int, new: int, parts: int = 0, seed: Seeder = write_markers
+) -> dict[str, Any]:
+    """Ticks of the operator over a filter stage of `shards` shards, each under the
+    operator's time budget (PALIMPSEST_TICK_BUDGET_SECONDS), markers committed by `seed`."""
     job = bench_job(output_uri)
     (ref,) = stage_refs(job, PLAN_ID, {})
     stage_uri = ref.uri(output_uri)
@@ -147,17 +163,23 @@ def run(output_uri: str, shards: int, new: int, parts: int = 0) -> dict[str, Any
     }
     status: dict[str, Any] = {"plan": plan}
 
+    cpu: list[float] = []
+
     def tick() -> float:
         nonlocal status
-        started = time.perf_counter()
-        result = reconcile(Resource(manifest, copy.deepcopy(status)), cluster, storage_for)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        resource = Resource(manifest, copy.deepcopy(status))
+        result = reconcile(resource, cluster, storage_for, budget=CONFIG.tick_budget_seconds)
         merge_patch(status, result.status)
         elapsed = time.perf_counter() - started
+        cpu.append(time.process_time() - cpu_started)
         status = result.status
         return elapsed
 
     first = shards - 2 * new
-    write_markers(job, stage_uri, range(first), parts)
+    seeded = time.perf_counter()
+    seed(stage_uri, range(first), parts)
+    seed_seconds = time.perf_counter() - seeded
     tick()  # creates the Job
     assert cluster.view is not None
     cluster.view = replace(cluster.view, completed_indexes=f"0-{first - 1}")
@@ -165,11 +187,13 @@ def run(output_uri: str, shards: int, new: int, parts: int = 0) -> dict[str, Any
     while status.get("shards", {}).get("succeeded", 0) < first:
         rebuild.append(tick())
     idle = tick()
-    write_markers(job, stage_uri, range(first, first + new), parts)
+    idle_cpu = cpu[-1]
+    seed(stage_uri, range(first, first + new), parts)
     cluster.view = replace(cluster.view, completed_indexes=f"0-{first + new - 1}")
     steady = tick()
+    steady_cpu = cpu[-1]
     counted = status["shards"]["succeeded"]
-    write_markers(job, stage_uri, range(first + new, shards), parts)
+    seed(stage_uri, range(first + new, shards), parts)
     cluster.view = replace(cluster.view, completed_indexes=f"0-{shards - 1}", finished="Complete")
     finals = [tick()]
     while status["phase"] != "Succeeded" and len(finals) < 10_000:
@@ -177,10 +201,13 @@ def run(output_uri: str, shards: int, new: int, parts: int = 0) -> dict[str, Any
     return {
         "shards": shards,
         "store": "s3" if output_uri.startswith("s3://") else "local",
+        "seed_seconds": round(seed_seconds, 1),
         "rebuild_ticks": len(rebuild),
         "rebuild_seconds": [round(t, 3) for t in rebuild],
         "idle_tick_seconds": round(idle, 4),
+        "idle_tick_cpu_seconds": round(idle_cpu, 4),
         f"steady_tick_seconds_{new}_new_shards": round(steady, 4),
+        "steady_tick_cpu_seconds": round(steady_cpu, 4),
         "counted_after_steady_tick": counted,
         "parts_per_shard": parts,
         "manifest_ticks": len(finals),

@@ -45,8 +45,9 @@ class OperatorConfig:
     the next tick is the retry that matters, so a call that gets no answer gives up after
     2 x (connect + read timeout) = 14 s at most."""
     tick_budget_seconds: float = _float("PALIMPSEST_TICK_BUDGET_SECONDS", 10.0)
-    """Seconds one tick may spend reading markers (PALIMPSEST_TICK_BUDGET_SECONDS); reads not
-    started by then are left to the next tick, so a slow endpoint shortens ticks, not stalls."""
+    """Seconds one tick may spend reading markers (PALIMPSEST_TICK_BUDGET_SECONDS), to count
+    them or to write the dataset manifest's part lists; reads not started by then are left to
+    the next tick, so a slow endpoint or a huge job shortens ticks, not stalls."""
     backoff_max_seconds: float = _float("PALIMPSEST_BACKOFF_MAX_SECONDS", 300.0)
     """Longest wait before retrying a job whose tick failed on S3 or the API
     (PALIMPSEST_BACKOFF_MAX_SECONDS); the wait doubles from the tick period per failure."""

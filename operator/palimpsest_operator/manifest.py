@@ -4,11 +4,14 @@ Readers of a finished job take its output from here (or from the markers), never
 part folders, where parts of losing or interrupted attempts may lie.
 
 A job of 100,000 shards has millions of parts, so the manifest is never held in memory: the
-parts are written as JSON Lines lists of `LIST_SHARDS` shards each
-(`_manifests/<stage-id>/parts-<first shard>.jsonl`, one line per part), a bounded number of
-lists per tick (`LISTS_PER_TICK`, and no new list once `TICK_SECONDS` have passed), the
-position kept in status so the next tick continues. The manifest itself
-(`_manifests/<stage-id>.json`), written last, holds the totals and the lists' URIs.
+parts are written as JSON Lines lists of at most `LIST_SHARDS` shards each
+(`_manifests/<stage-id>/parts-<first shard>.jsonl`, one line per part), the position kept in
+status so the next tick continues. A tick's time is bounded by its deadline (the operator's
+PALIMPSEST_TICK_BUDGET_SECONDS, see config.py): no marker read starts after it, and the list
+being built is cut where the reads stopped and written as it is; the next list starts at the
+cut and ends at the next multiple of `LIST_SHARDS`. Status keeps those cuts (one at most per
+tick), so the lists are always the multiples of `LIST_SHARDS` plus the cuts. The manifest
+itself (`_manifests/<stage-id>.json`), written last, holds the totals and the lists' URIs.
 """
 
 from __future__ import annotations
@@ -16,22 +19,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from palimpsest.commit import OUTPUT_KIND, CorruptMarkerError
+from palimpsest.commit import OUTPUT_KIND, CorruptMarkerError, Marker
 from palimpsest.identity import StageRef
 from palimpsest.names import MANIFESTS_DIR
 from palimpsest.storage import join
-from palimpsest_operator.progress import read_markers
+from palimpsest_operator.progress import MARKER_READ_THREADS
 from palimpsest_operator.storage import JobStorage
 
 LIST_SHARDS = 1000
 """Shards per part list: at 40 parts a shard, a list is ~5 MB of JSON, built in memory."""
 LISTS_PER_TICK = 20
-"""Most part lists one tick writes."""
-TICK_SECONDS = 20.0
-"""No new part list is started after this many seconds of a tick."""
+"""Most part lists one tick writes, also when its deadline would allow more."""
+
+Clock = Callable[[], float]
 
 
 def manifest_uri(output_uri: str, last: StageRef) -> str:
@@ -50,6 +55,8 @@ class ManifestProgress:
     next: int = 0
     records: int = 0
     bytes: int = 0
+    cuts: tuple[int, ...] = ()
+    """First shards of the lists that start off a multiple of LIST_SHARDS (after a cut)."""
 
     def to_status(self) -> dict[str, Any]:
         return {
@@ -57,6 +64,7 @@ class ManifestProgress:
             "next": self.next,
             "records": self.records,
             "bytes": self.bytes,
+            "cuts": list(self.cuts),
         }
 
     @staticmethod
@@ -64,8 +72,15 @@ class ManifestProgress:
         if not isinstance(value, dict) or value.get("stageId") != stage_id:
             return ManifestProgress(stage_id)
         return ManifestProgress(
-            stage_id, int(value["next"]), int(value["records"]), int(value["bytes"])
+            stage_id,
+            int(value["next"]),
+            int(value["records"]),
+            int(value["bytes"]),
+            tuple(int(c) for c in value.get("cuts") or ()),
         )
+
+    def list_starts(self, shards: int) -> list[int]:
+        return sorted({*range(0, shards, LIST_SHARDS), *self.cuts})
 
 
 def write_manifest_step(
@@ -75,17 +90,22 @@ def write_manifest_step(
     last: StageRef,
     shards: int,
     progress: ManifestProgress,
-    clock: Any = time.monotonic,
+    deadline: float | None = None,
+    clock: Clock = time.monotonic,
 ) -> tuple[ManifestProgress, str | None]:
-    """Write the next part lists; returns the progress, and the manifest's URI once the last
-    list and the manifest itself are written (None while more ticks are needed)."""
-    started = clock()
-    written = 0
-    while progress.next < shards:
-        if written >= LISTS_PER_TICK or (written and clock() - started >= TICK_SECONDS):
+    """Write the next part lists until `deadline` (on `clock`); returns the progress, and the
+    manifest's URI once the last list and the manifest itself are written (None while more
+    ticks are needed). The first marker of a step is read whatever the clock says, so every
+    tick moves on."""
+    reads = _Reads(storage, last.uri(output_uri), progress.next, deadline, clock)
+    for _ in range(LISTS_PER_TICK):
+        if progress.next >= shards:
+            break
+        progress, cut = _write_list(storage, output_uri, last, shards, progress, reads)
+        if cut:
             return progress, None
-        progress = _write_list(storage, output_uri, last, shards, progress)
-        written += 1
+    if progress.next < shards:
+        return progress, None
     body = {
         "rewriteJob": owner,
         "stage": last.kind,
@@ -93,7 +113,7 @@ def write_manifest_step(
         "shards": shards,
         "records": progress.records,
         "bytes": progress.bytes,
-        "partLists": [list_uri(output_uri, last, s) for s in range(0, shards, LIST_SHARDS)],
+        "partLists": [list_uri(output_uri, last, s) for s in progress.list_starts(shards)],
     }
     uri = manifest_uri(output_uri, last)
     storage.store.put_bytes(uri, json.dumps(body, indent=1).encode("utf-8"))
@@ -101,13 +121,21 @@ def write_manifest_step(
 
 
 def _write_list(
-    storage: JobStorage, output_uri: str, last: StageRef, shards: int, progress: ManifestProgress
-) -> ManifestProgress:
+    storage: JobStorage,
+    output_uri: str,
+    last: StageRef,
+    shards: int,
+    progress: ManifestProgress,
+    reads: _Reads,
+) -> tuple[ManifestProgress, bool]:
+    """Write the list that starts at `progress.next`; True when the deadline cut it short."""
     first = progress.next
-    chunk = list(range(first, min(first + LIST_SHARDS, shards)))
+    end = min((first // LIST_SHARDS + 1) * LIST_SHARDS, shards)
     lines: list[bytes] = []
     records = size = 0
-    for marker in read_markers(storage, last.uri(output_uri), chunk):
+    after = first
+    for marker in reads.markers(range(first, end)):
+        after += 1
         if isinstance(marker, CorruptMarkerError):
             raise marker  # counted once, so readable then: a storage fault, not a bad marker
         if marker is None:
@@ -116,10 +144,51 @@ def _write_list(
             lines.append(json.dumps({"shard": marker.shard, **dataclasses.asdict(part)}).encode())
             records += part.records
             size += part.bytes
+    if after == first:
+        return progress, True
     storage.store.put_bytes(list_uri(output_uri, last, first), b"\n".join(lines) + b"\n")
-    return dataclasses.replace(
-        progress,
-        next=chunk[-1] + 1,
-        records=progress.records + records,
-        bytes=progress.bytes + size,
+    cut = after < end
+    return (
+        dataclasses.replace(
+            progress,
+            next=after,
+            records=progress.records + records,
+            bytes=progress.bytes + size,
+            cuts=(*progress.cuts, after) if cut else progress.cuts,
+        ),
+        cut,
     )
+
+
+@dataclass(frozen=True)
+class _Reads:
+    """Marker reads of one manifest step: none starts after `deadline` on `clock`, except the
+    read of shard `first`, the step's first."""
+
+    storage: JobStorage
+    stage_uri: str
+    first: int
+    deadline: float | None
+    clock: Clock
+
+    def markers(self, shards: Sequence[int]) -> Iterator[Marker | CorruptMarkerError | None]:
+        """The markers of `shards` in order, up to the first read too late to start; None
+        where a shard has no marker."""
+        with ThreadPoolExecutor(MARKER_READ_THREADS) as pool:
+            for result in pool.map(self.read, shards):
+                if isinstance(result, _Late):
+                    return
+                yield result
+
+    def read(self, shard: int) -> Marker | CorruptMarkerError | _Late | None:
+        late = self.deadline is not None and self.clock() > self.deadline
+        if late and shard != self.first:
+            return _Late()
+        try:
+            return self.storage.read_marker(self.stage_uri, shard)
+        except CorruptMarkerError as exc:
+            return exc
+
+
+class _Late:
+    """A marker read that was not started: the tick's deadline had passed."""

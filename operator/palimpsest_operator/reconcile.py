@@ -474,7 +474,7 @@ class Tick:
         owner = f"{self.res.namespace}/{self.res.name}"
         progress = ManifestProgress.from_status(self.old.get("manifest"), last.stage_id)
         progress, written = write_manifest_step(
-            storage, owner, job.output_uri, last, view.tally.total, progress
+            storage, owner, job.output_uri, last, view.tally.total, progress, self.deadline
         )
         self.status["manifest"] = progress.to_status()
         return written

@@ -22,12 +22,10 @@ from palimpsest.commit import REJECTS_KIND, read_committed, read_marker
 from palimpsest.records import Record
 from palimpsest.storage import S3Settings, store_for
 from tests.cluster.fixtures import Cluster
-from tests.e2e.test_operator import (  # noqa: F401 - fixtures used by name
+from tests.e2e.rewritejobs import (
     Operator,
     assert_status_matches_markers,
     jobs,
-    namespace,
-    operator,
     phase_in,
     rewrite_job,
     s3,
@@ -69,8 +67,8 @@ def step_of(job: dict[str, Any]) -> str:
 
 def test_dedup_runs_as_ordered_jobs_and_collapses_each_cluster_to_its_lowest_key(
     k8s_cluster: Cluster,
-    namespace: str,  # noqa: F811
-    operator: Operator,  # noqa: F811
+    namespace: str,
+    operator: Operator,
 ) -> None:
     records, expected = corpus()
     prefix = f"e2e/{namespace}/dedup"

@@ -16,11 +16,9 @@ import pytest
 import yaml
 
 from tests.cluster.fixtures import Cluster
-from tests.e2e.test_operator import (  # noqa: F401 (namespace and operator are fixtures)
+from tests.e2e.rewritejobs import (
     Operator,
     assert_status_matches_markers,
-    namespace,
-    operator,
     phase_in,
     rewrite_job,
     s3,
@@ -91,7 +89,7 @@ def queue_objects(ns: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture()
-def kueue_queue(k8s_cluster: Cluster, namespace: str) -> Iterator[str]:  # noqa: F811
+def kueue_queue(k8s_cluster: Cluster, namespace: str) -> Iterator[str]:
     objects = queue_objects(namespace)
     k8s_cluster.apply(yaml.safe_dump_all(objects))
     try:
@@ -162,8 +160,8 @@ def waiting_for_admission(cluster: Cluster, ns: str, name: str) -> dict[str, Any
 
 def test_kueue_admits_one_rewrite_at_a_time_within_the_queue_s_quota(
     k8s_cluster: Cluster,
-    namespace: str,  # noqa: F811
-    operator: Operator,  # noqa: F811
+    namespace: str,
+    operator: Operator,
     kueue_queue: str,
 ) -> None:
     server = ScriptedOpenAIServer()

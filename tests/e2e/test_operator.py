@@ -10,263 +10,34 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 
 from tests.cluster.fixtures import Cluster
-from tests.support.openai_server import Reply, ScriptedOpenAIServer
-from tests.support.s3server import free_port
+from tests.e2e.rewritejobs import (
+    LOGS,
+    PROMPTS,
+    Operator,
+    assert_status_matches_markers,
+    jobs,
+    patch_spec,
+    phase_in,
+    rewrite_job,
+    rwj,
+    s3,
+    scripted_model,
+    write_input,
+)
+from tests.support.openai_server import ScriptedOpenAIServer
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "manifests" / "crd" / "rewritejobs.palimpsest.dev.yaml"
-OPERATOR = REPO / ".venv" / "bin" / "palimpsest-operator"
-PROMPTS = REPO / "prompts"
-STATUS_DUMP = REPO / ".cluster" / "logs" / "e2e-rewritejob-status.yaml"
-
-
-class Operator:
-    """`palimpsest-operator` as a child process watching one namespace."""
-
-    def __init__(self, cluster: Cluster, namespace: str, log: Path, kubeconfig: Path) -> None:
-        self.cluster = cluster
-        self.kubeconfig = kubeconfig
-        self.namespace = namespace
-        self.log = log
-        self.metrics_port = free_port()
-        self.liveness_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **self.cluster.env,
-            "KUBECONFIG": str(self.kubeconfig),
-            "PALIMPSEST_TICK_SECONDS": "2",
-            "PALIMPSEST_METRICS_PORT": str(self.metrics_port),
-            "PALIMPSEST_LIVENESS_PORT": str(self.liveness_port),
-        }
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(OPERATOR), "-n", self.namespace],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def get(self, path: str, port: int) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return str(response.read().decode("utf-8"))
-
-
-@pytest.fixture()
-def namespace(k8s_cluster: Cluster) -> Iterator[str]:
-    k8s_cluster.kubectl("apply", "-f", str(CRD))
-    k8s_cluster.kubectl("wait", "--for=condition=Established", "crd/rewritejobs.palimpsest.dev")
-    name = f"rwj-{uuid.uuid4().hex[:8]}"
-    k8s_cluster.s3_namespace(name)
-    try:
-        yield name
-    finally:
-        k8s_cluster.kubectl("delete", "rwj", "--all", "-n", name, "--wait=false", check=False)
-        k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-        k8s_cluster.kubectl("delete", "clusterrole", f"palimpsest-operator-{name}", check=False)
-
-
-RBAC_DOC = REPO / "manifests" / "README.md"
-
-
-def documented_cluster_role() -> dict[str, Any]:
-    """The ClusterRole of manifests/README.md, as documented (its first yaml block)."""
-    text = RBAC_DOC.read_text()
-    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
-    role: dict[str, Any] = yaml.safe_load(block)
-    assert role["kind"] == "ClusterRole"
-    return role
-
-
-def service_account_kubeconfig(cluster: Cluster, namespace: str, path: Path) -> Path:
-    """A kubeconfig for a service account bound (in `namespace`) to the documented role only."""
-    role = documented_cluster_role()
-    role["metadata"]["name"] = f"palimpsest-operator-{namespace}"
-    binding = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": "palimpsest-operator", "namespace": namespace},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "ClusterRole",
-            "name": role["metadata"]["name"],
-        },
-        "subjects": [
-            {"kind": "ServiceAccount", "name": "palimpsest-operator", "namespace": namespace}
-        ],
-    }
-    cluster.kubectl("create", "serviceaccount", "palimpsest-operator", "-n", namespace)
-    cluster.apply(yaml.safe_dump_all([role, binding]))
-    token = cluster.kubectl(
-        "create", "token", "palimpsest-operator", "-n", namespace, "--duration=2h"
-    ).stdout.strip()
-    config = yaml.safe_load(cluster.kubectl("config", "view", "--raw", "--minify").stdout)
-    config["users"] = [{"name": "operator", "user": {"token": token}}]
-    config["contexts"][0]["context"]["user"] = "operator"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@pytest.fixture()
-def operator(k8s_cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[Operator]:
-    kubeconfig = service_account_kubeconfig(k8s_cluster, namespace, tmp_path / "kubeconfig")
-    running = Operator(k8s_cluster, namespace, tmp_path / "operator.log", kubeconfig)
-    running.start()
-    try:
-        yield running
-    finally:
-        # delete the jobs while the operator runs, so that it releases its finalizer
-        k8s_cluster.kubectl(
-            "delete", "rwj", "--all", "-n", namespace, "--timeout=60s", check=False, timeout=90
-        )
-        running.stop()
-        # on failure, the log is the first thing to read
-        sys.stdout.write(running.log.read_text(errors="replace")[-4000:])
-
-
-def s3() -> Any:
-    return boto3.client("s3")
-
-
-def code(i: int) -> str:
-    if i % 4 == 3:
-        return f"def broken_{i}(:\n    pass\n"
-    return (
-        f'"""Module {i}."""\n\n\ndef add_{i}(left: int, right: int) -> int:\n'
-        f'    """Add two numbers."""\n    return left + right + {i}\n'
-    )
-
-
-def write_input(bucket: str, prefix: str, records: int, files: int = 1) -> str:
-    per_file = records // files
-    for f in range(files):
-        lines = [json.dumps({"id": f"r{f}-{i}", "text": code(i)}) for i in range(per_file)]
-        s3().put_object(
-            Bucket=bucket,
-            Key=f"{prefix}/input/part-{f}.jsonl",
-            Body=("\n".join(lines) + "\n").encode(),
-        )
-    return f"s3://{bucket}/{prefix}/input/"
-
-
-def rewrite_job(name: str, input_uri: str, output_uri: str, **spec: Any) -> str:
-    body = {
-        "apiVersion": "palimpsest.dev/v1alpha1",
-        "kind": "RewriteJob",
-        "metadata": {"name": name},
-        "spec": {
-            "recipe": "swallowcode",
-            "stages": ["filter"],
-            "input": {"uri": input_uri},
-            "output": {"uri": output_uri},
-            "storage": {
-                "endpoint": os.environ["AWS_ENDPOINT_URL_S3"],
-                "region": "us-east-1",
-                "secretRef": {"name": "s3-creds"},
-            },
-            "sharding": {"recordsPerShard": 4},
-            "filter": {
-                "parallelism": 2,
-                "timeLimitSeconds": 30,
-                "image": "palimpsest/filter:test",
-                "resources": {"cpu": "1"},
-            },
-            **spec,
-        },
-    }
-    return yaml.safe_dump(body)
-
-
-def patch_spec(
-    cluster: Cluster, namespace: str, name: str, spec: dict[str, Any], check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Merge-patch a RewriteJob's spec, as an edit applied from Git would."""
-    body = json.dumps({"spec": spec})
-    return cluster.kubectl(
-        "patch", "rwj", name, "-n", namespace, "--type=merge", "-p", body, check=check
-    )
-
-
-def rwj(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    out = cluster.kubectl("get", "rwj", name, "-n", namespace, "-o", "json").stdout
-    body: dict[str, Any] = json.loads(out)
-    return body
-
-
-def phase_in(cluster: Cluster, namespace: str, name: str, *phases: str) -> dict[str, Any] | None:
-    body = rwj(cluster, namespace, name)
-    status = body.get("status") or {}
-    return status if status.get("phase") in phases else None
-
-
-def jobs(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
-    out = cluster.kubectl("get", "jobs", "-n", namespace, "-o", "json").stdout
-    items: list[dict[str, Any]] = json.loads(out)["items"]
-    return items
-
-
-def marker_totals(stage_uri: str) -> dict[str, int]:
-    """Sums of the markers' stats of one stage, read straight from S3."""
-    bucket, _, key = stage_uri.removeprefix("s3://").partition("/")
-    totals = {"shards": 0, "in": 0, "kept": 0, "rejected": 0, "prompt": 0, "generated": 0}
-    pages = s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{key}/_markers/")
-    for page in pages:
-        for item in page.get("Contents", []):
-            stats = json.loads(s3().get_object(Bucket=bucket, Key=item["Key"])["Body"].read())[
-                "stats"
-            ]
-            totals["shards"] += 1
-            for field in ("in", "kept", "rejected"):
-                totals[field] += stats["records"][field]
-            totals["prompt"] += stats["tokens"]["prompt"]
-            totals["generated"] += stats["tokens"]["generated"]
-    return totals
-
-
-def assert_status_matches_markers(status: dict[str, Any]) -> None:
-    for stage in status["stages"]:
-        sums = marker_totals(stage["uri"])
-        assert sums["shards"] == stage["shards"]["total"] == stage["shards"]["succeeded"]
-        assert stage["records"] == {k: sums[k] for k in ("in", "kept", "rejected")}
-        assert stage["tokens"] == {k: sums[k] for k in ("prompt", "generated")}
-    first = marker_totals(status["stages"][0]["uri"])
-    last = marker_totals(status["stages"][-1]["uri"])
-    assert status["records"]["in"] == first["in"]
-    assert status["records"]["kept"] == last["kept"]
-    assert status["tokens"]["generated"] == sum(
-        marker_totals(s["uri"])["generated"] for s in status["stages"]
-    )
+STATUS_DUMP = LOGS / "e2e-rewritejob-status.yaml"
 
 
 def test_filter_job_runs_to_succeeded_with_counts_from_the_markers(
@@ -419,16 +190,6 @@ def test_restart_mid_run_and_spec_edit_rerun(
     ]
     assert names and all(status["stageIds"]["filter"] in n for n in names)
     assert_status_matches_markers(status)
-
-
-def scripted_model(body: dict[str, Any]) -> Reply:
-    """Answers like a model following either code prompt: a fenced rewrite of the input."""
-    last = str(body["messages"][-1]["content"])
-    return Reply(
-        f"Score: 8\n\nSuggestions:\n- fine\n\n```python\n{last}\n# rewritten\n```\n",
-        prompt_tokens=20,
-        completion_tokens=12,
-    )
 
 
 def test_filter_and_rewrite_with_an_openai_engine(

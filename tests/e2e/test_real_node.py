@@ -25,7 +25,7 @@ import yaml
 from palimpsest import runtime
 from tests.cluster import clusterctl, node
 from tests.cluster.fixtures import Cluster
-from tests.e2e.test_operator import (
+from tests.e2e.rewritejobs import (
     Operator,
     jobs,
     marker_totals,
@@ -34,10 +34,6 @@ from tests.e2e.test_operator import (
     s3,
     write_input,
 )
-
-# The operator tests' fixtures: a namespace with the S3 Secret, an operator watching it.
-from tests.e2e.test_operator import namespace as namespace
-from tests.e2e.test_operator import operator as operator
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -31,6 +31,19 @@ def check_invariant(
 ) -> None:
     """Raise InvariantError unless every stage of `refs` committed every shard, every part
     its markers list is readable with its listed count, and every id ends exactly once."""
+    ended = ended_ids(store, output_uri, refs, shards, id_field)
+    expected = Counter(repr(i) for i in input_ids)
+    if ended != expected:
+        missing = sorted((expected - ended).elements())
+        extra = sorted((ended - expected).elements())
+        raise InvariantError(f"ids lost: {missing[:10]}; ids more than once: {extra[:10]}")
+
+
+def ended_ids(
+    store: Store, output_uri: str, refs: Sequence[StageRef], shards: int, id_field: str = "id"
+) -> Counter[str]:
+    """How many times each id (as its repr) ends in a stage's rejects or the last stage's
+    output; raise InvariantError where a marker or a part it lists is missing or short."""
     ended: Counter[str] = Counter()
     for position, ref in enumerate(refs):
         stage_uri = ref.uri(output_uri)
@@ -52,11 +65,7 @@ def check_invariant(
                 if kind == REJECTS_KIND or last:
                     for raw in records:
                         ended[repr(_id(raw.record or {}, id_field))] += 1
-    expected = Counter(repr(i) for i in input_ids)
-    if ended != expected:
-        missing = sorted((expected - ended).elements())
-        extra = sorted((ended - expected).elements())
-        raise InvariantError(f"ids lost: {missing[:10]}; ids more than once: {extra[:10]}")
+    return ended
 
 
 def _id(record: dict[str, object], id_field: str) -> object:

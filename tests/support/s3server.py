@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,15 +63,17 @@ def start(
     log_path: Path | None = None,
     timeout: float = 30.0,
     check_credentials: bool = False,
+    command: Sequence[str] = (sys.executable, "-m", "moto.server"),
 ) -> tuple[S3Server, subprocess.Popen[bytes]]:
     """Start moto's server on loopback; returns the endpoint and the process to stop later.
     With `check_credentials` it refuses every key pair (403 InvalidAccessKeyId), as S3 does
-    for keys it does not know."""
+    for keys it does not know. `command` runs the server (given -H and -p): moto's own, or a
+    server built on it."""
     port = port or free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [*command, "-H", "127.0.0.1", "-p", str(port)],
         stdout=log,
         stderr=log,
         env={

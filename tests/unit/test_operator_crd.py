@@ -10,6 +10,7 @@ import yaml
 from palimpsest.engines.settings import SPECULATIVE_METHODS, SpeculativeSettings
 from palimpsest.job import SPECULATIVE_KEYS
 from palimpsest_operator import constants as c
+from palimpsest_operator.manifest import ManifestProgress
 from tests.unit.test_operator_reconcile import Harness
 
 CRD_PATH = (
@@ -80,6 +81,30 @@ def test_status_declares_everything_the_operator_writes(tmp_path: Path) -> None:
     stage_fields = set(status["properties"]["stages"]["items"]["properties"])
     for stage in harness.status["stages"]:
         assert set(stage) <= stage_fields
+
+
+def pruned(value: Any, node: dict[str, Any], path: str) -> list[str]:
+    """The paths of `value` that the API server would prune under the schema `node`."""
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if isinstance(value, dict) and "properties" in node:
+        fields = node["properties"]
+        return [f"{path}.{k}" for k in value if k not in fields] + [
+            p for k, v in value.items() if k in fields for p in pruned(v, fields[k], f"{path}.{k}")
+        ]
+    if isinstance(value, list) and "items" in node:
+        return [p for i, v in enumerate(value) for p in pruned(v, node["items"], f"{path}[{i}]")]
+    return []
+
+
+def test_pruning_keeps_every_field_the_operator_writes(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    harness.tick()
+    status = schema()["properties"]["status"]
+    assert pruned(harness.status, status, "status") == []
+    progress = ManifestProgress("scor-0123456789ab", 1500, 10, 100, cuts=(1500,))
+    manifest = status["properties"]["manifest"]
+    assert pruned(progress.to_status(), manifest, "status.manifest") == []
 
 
 def test_every_key_is_a_string() -> None:

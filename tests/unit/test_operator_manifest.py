@@ -52,25 +52,91 @@ def test_the_manifest_is_written_over_ticks_and_lists_every_part_once(
     assert sorted({p["shard"] for p in listed}) == list(range(shards))
 
 
-def test_a_tick_stops_starting_lists_after_its_time_budget(tmp_path: Path) -> None:
+class FakeClock:
+    """A clock that advances `step` seconds each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+class TimedStorage(JobStorage):
+    """Notes the marker reads started after the current step's deadline, but its first."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(LocalStore())
+        self.clock, self.deadline, self.first = clock, 0.0, 0
+        self.late: list[int] = []
+
+    def read_marker(self, stage_uri: str, shard: int) -> Marker | None:
+        if self.clock.now > self.deadline and shard != self.first:
+            self.late.append(shard)
+        return super().read_marker(stage_uri, shard)
+
+
+def manifest_over_ticks(
+    output: str, shards: int, budget: float, clock: FakeClock
+) -> tuple[str, int, ManifestProgress]:
+    """Steps until the manifest is written, each under a deadline `budget` past its start,
+    the progress carried through status; returns the URI, the ticks and the last progress."""
+    storage = TimedStorage(clock)
+    progress, uri, ticks = ManifestProgress(LAST.stage_id), None, 0
+    while uri is None:
+        progress = ManifestProgress.from_status(
+            json.loads(json.dumps(progress.to_status())), LAST.stage_id
+        )
+        storage.deadline, storage.first = clock.now + budget, progress.next
+        progress, uri = write_manifest_step(
+            storage, "ns/j", output, LAST, shards, progress, storage.deadline, clock
+        )
+        ticks += 1
+    assert storage.late == []
+    return uri, ticks, progress
+
+
+def test_a_tick_stops_reading_at_its_deadline_and_the_next_continues_at_the_cut(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No marker read starts after the deadline: lists are cut there, and the lists of all
+    ticks together still list every part exactly once."""
+    monkeypatch.setattr(manifest, "LIST_SHARDS", 10)
+    monkeypatch.setattr(manifest, "MARKER_READ_THREADS", 1)  # reads in order, one per clock step
+    output, shards = str(tmp_path / "out"), 45
+    commit_shards(output, shards)
+    uri, ticks, progress = manifest_over_ticks(output, shards, budget=6.5, clock=FakeClock(1.0))
+    assert ticks > 45 // 10 + 1  # more ticks than lists: the deadline, not the list, ended them
+    assert progress.cuts and all(c % 10 for c in progress.cuts)
+    body = json.loads(Path(uri).read_text())
+    assert len(body["partLists"]) == len(set(body["partLists"])) == 5 + len(progress.cuts)
+    listed = [
+        json.loads(line) for lst in body["partLists"] for line in Path(lst).read_text().splitlines()
+    ]
+    assert len(listed) == len({p["uri"] for p in listed}) == shards * PARTS_PER_SHARD
+    assert sorted({p["shard"] for p in listed}) == list(range(shards))
+    assert body["records"] == shards * PARTS_PER_SHARD * 10
+
+
+def test_a_tick_past_its_deadline_still_reads_one_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manifest, "LIST_SHARDS", 10)
     output = str(tmp_path / "out")
     commit_shards(output, 3)
-    clock = iter([0.0, manifest.TICK_SECONDS + 1, manifest.TICK_SECONDS + 2])
-    old = manifest.LIST_SHARDS
-    manifest.LIST_SHARDS = 1
-    try:
-        progress, uri = write_manifest_step(
-            JobStorage(LocalStore()),
-            "ns/j",
-            output,
-            LAST,
-            3,
-            ManifestProgress(LAST.stage_id),
-            clock=lambda: next(clock),
-        )
-    finally:
-        manifest.LIST_SHARDS = old
-    assert uri is None and progress.next == 1  # one list, then the budget was spent
+    clock = FakeClock(100.0)
+    progress, uri = write_manifest_step(
+        JobStorage(LocalStore()),
+        "ns/j",
+        output,
+        LAST,
+        3,
+        ManifestProgress(LAST.stage_id),
+        deadline=0.0,
+        clock=clock,
+    )
+    assert uri is None and progress.next == 1 and progress.cuts == (1,)
 
 
 class SizedStore(LocalStore):
