@@ -10,8 +10,10 @@ filter stage of N shards and reports:
   after losing status entirely; MAX_READS_PER_TICK bounds each of those ticks);
 - steady: one tick during the run in which `--new` shards finished since the last tick;
 - idle: one tick during the run in which nothing new finished;
-- manifest: the ticks after the last shard, which write the dataset manifest (reading every
-  marker once, a bounded number of part lists per tick): how many, the longest, the total;
+- manifest: the ticks after the last shard, which write the dataset manifest and then the
+  dataset card (each reading every marker once, a bounded number of chunks per tick; the
+  markers carry a card statistics object like a final stage's): how many, the longest, the
+  total;
 - the status size in bytes and the process's peak resident memory (`--parts` sets the parts
   each marker lists, which the manifest carries).
 """
@@ -28,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from palimpsest.cardstats import count_texts
 from palimpsest.commit import OUTPUT_KIND, Marker, Part, marker_uri
 from palimpsest.identity import stage_refs
 from palimpsest.job import Job, parse_job
@@ -96,6 +99,9 @@ def write_markers(job: Job, stage_uri: str, shards: range, parts: int = 0) -> No
     store = store_for(stage_uri, S3Settings())
     stats = Stats(records_in=10_000, kept=6_000, seconds=600.0)
     stats.rejects.update({"syntax_error": 1_000, "pylint_score": 3_000})
+    # A final stage's card statistics of 6,000 texts of varied length, as workers write them.
+    texts = count_texts((" x" * (1 + i * 37 % 4000) for i in range(6_000)), len, "chars")
+    card = texts.to_dict()
 
     def put(shard: int) -> None:
         listed = [
@@ -103,7 +109,7 @@ def write_markers(job: Job, stage_uri: str, shards: range, parts: int = 0) -> No
             for p in range(parts)
         ]
         body = {OUTPUT_KIND: listed} if parts else {}
-        marker = Marker(shard, "bench", stage_uri.rsplit("/", 1)[-1], body, stats, "t")
+        marker = Marker(shard, "bench", stage_uri.rsplit("/", 1)[-1], body, stats, "t", card)
         store.put_bytes(marker_uri(stage_uri, shard), marker.to_json())
 
     with ThreadPoolExecutor(32) as pool:
@@ -170,7 +176,7 @@ def run(output_uri: str, shards: int, new: int, parts: int = 0) -> dict[str, Any
     cluster.view = replace(cluster.view, completed_indexes=f"0-{shards - 1}", finished="Complete")
     finals = [tick()]
     while status["phase"] != "Succeeded" and len(finals) < 10_000:
-        finals.append(tick())  # the manifest is written over several ticks
+        finals.append(tick())  # the manifest and the card are written over several ticks
     return {
         "shards": shards,
         "store": "s3" if output_uri.startswith("s3://") else "local",

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from palimpsest.commit import OUTPUT_FORMATS
 from palimpsest.engines.base import SamplingSettings
 from palimpsest.engines.settings import EngineSettings, SpeculativeSettings
 from palimpsest.names import API_VERSION, KIND
@@ -82,7 +83,7 @@ JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
         | {"dryRun", "decontam", "card"}
     ),
     "spec.input": frozenset({"uri", "format", "textField", "idField"}),
-    "spec.output": frozenset({"uri"}),
+    "spec.output": frozenset({"uri", "format"}),
     "spec.storage": frozenset({"endpoint", "region"}),
     "spec.sharding": frozenset({"recordsPerShard"}),
     "spec.filter": frozenset({"minScore", "timeLimitSeconds", "workers", "exactScores"})
@@ -171,6 +172,8 @@ class Job:
     dry_run: bool = False
     decontam: DecontamSettings = field(default_factory=DecontamSettings)
     card: CardSettings = field(default_factory=CardSettings)
+    output_format: str = "jsonl"
+    """`spec.output.format`: the final stage's part format, one of OUTPUT_FORMATS."""
 
     def __post_init__(self) -> None:
         recipe_stages(self.recipe, self.stages, "spec.stages")
@@ -228,6 +231,9 @@ def parse_job(manifest: Mapping[str, Any]) -> Job:
         dry_run=boolean(spec.get("dryRun", False), "spec.dryRun"),
         decontam=_decontam(mapping(spec.get("decontam") or {}, "spec.decontam")),
         card=_card(mapping(spec.get("card") or {}, "spec.card")),
+        output_format=choice(
+            output.get("format", "jsonl"), "spec.output.format", tuple(OUTPUT_FORMATS)
+        ),
     )
 
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+from palimpsest.cardstats import describer
 from palimpsest.commit import ShardOutput, marker_uri
-from palimpsest.job import Job
+from palimpsest.job import Job, parse_job
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
 from palimpsest_operator import constants as c
@@ -139,7 +140,8 @@ class Harness:
     def stage_uri(self, kind: str = "filter") -> str:
         return str(self.status["outputs"][kind])
 
-    def commit(self, shard: int, kind: str = "filter", kept: int = 1) -> None:
+    def commit(self, shard: int, kind: str = "filter", kept: int = 1, card: bool = True) -> None:
+        """Commit a shard as a worker does (`card`: with the final stage's card statistics)."""
         uri = self.stage_uri(kind)
         out = ShardOutput(LocalStore(), uri, uri.rsplit("/", 1)[-1], shard)
         stats = Stats()
@@ -147,7 +149,8 @@ class Harness:
             out.write({"id": f"{shard}-{i}", "text": "x"})
             stats.keep()
         stats.reject("syntax_error")
-        assert out.commit(stats)
+        describe = describer(LocalStore(), parse_job(self.manifest)) if card else None
+        assert out.commit(stats, describe=describe)
 
 
 def apply_merge_patch(target: Any, patch: Any) -> Any:
@@ -568,3 +571,36 @@ def test_a_quarantined_shard_is_re_run_once_not_forever(tmp_path: Path) -> None:
     assert h.status["phase"] == c.FAILED and list(h.cluster.jobs) == [retry]
     assert h.status["retried"]["attempt"] == 1
     assert c.COND_MARKERS_QUARANTINED in conditions_of(h.status)
+
+
+def test_the_dataset_card_is_summed_over_ticks_after_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from palimpsest_operator import datacard
+
+    monkeypatch.setattr(datacard, "CHUNK_SHARDS", 1)
+    monkeypatch.setattr(datacard, "CHUNKS_PER_TICK", 2)
+    h = Harness(tmp_path)
+    h.tick()
+    (name,) = h.cluster.jobs
+    for shard in range(3):
+        h.commit(shard, kept=2, card=shard != 1)
+    h.cluster.progress(name, "0-2", finished="Complete")
+    h.tick()
+    assert h.status["manifestUri"] and "cardUri" not in h.status
+    assert h.status["phase"] == c.FILTERING and h.status["card"]["next"] == 2
+    ready = {k["type"]: k for k in h.status["conditions"]}
+    assert ready[c.COND_PROGRESSING]["reason"] == c.REASON_WRITING_CARD
+    h.tick()
+    assert h.status["phase"] == c.SUCCEEDED
+    card = Path(h.status["cardUri"])
+    assert card.parent == Path(h.status["manifestUri"]).parent.parent
+    ready = {k["type"]: k for k in h.status["conditions"]}
+    assert str(card) in ready[c.COND_READY]["message"]
+    body = card.read_text()
+    assert "- records: 4" in body and "| 9 | 6 | 3 | syntax_error 3 |" in body
+    assert "- tokens: 4 (counted with whitespace-separated words" in body
+    assert "1 shards are not in these figures: their markers carry no card statistics" in body
+    written = card.stat().st_mtime_ns
+    h.tick()  # nothing new: the card is not written again
+    assert card.stat().st_mtime_ns == written and h.status["phase"] == c.SUCCEEDED
