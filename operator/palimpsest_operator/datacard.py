@@ -62,11 +62,13 @@ def write_card_step(
     document: JobDocument,
     views: Sequence[StageView],
     start: int,
+    deadline: float | None = None,
     clock: Any = time.monotonic,
 ) -> tuple[int, str | None]:
     """Sum the next chunks of markers from shard `start`; returns the shard to continue
     from, and the card's URI once the last chunk is summed and the card is written (None
-    while more ticks are needed)."""
+    while more ticks are needed). No chunk starts after the tick's `deadline` (a `clock`
+    time), so a tick that finished the manifest may leave the whole card to the next."""
     job = document.job
     last = document.stage_refs()[-1]
     shards = views[-1].tally.total
@@ -76,6 +78,8 @@ def write_card_step(
     done = start
     while done < shards:
         if chunks >= CHUNKS_PER_TICK or (chunks and clock() - started >= TICK_SECONDS):
+            return done, None
+        if deadline is not None and clock() >= deadline:
             return done, None
         done = sum_chunk(
             storage, document, last, range(done, min(done + CHUNK_SHARDS, shards)), total

@@ -491,7 +491,7 @@ class Tick:
         last = views[-1]
         done = position(self.old.get("card"), last.stage_id)
         if self.old.get("cardUri") != uri or done < last.tally.total:
-            done, written = write_card_step(storage, document, views, done)
+            done, written = write_card_step(storage, document, views, done, self.deadline)
             if written is None:
                 self.status["card"] = {"stageId": last.stage_id, "next": done}
                 return (

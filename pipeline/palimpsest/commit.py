@@ -34,8 +34,8 @@ MARKERS = "_markers"
 PART_FORMAT = "jsonl.zst"
 OUTPUT_FORMATS = {"jsonl": PART_FORMAT, "parquet": "parquet"}
 """`spec.output.format` -> the file suffix of the final stage's output parts. Rejects and
-earlier stages are always JSONL: reject records carry fields per reason, which one Parquet
-schema could not hold."""
+earlier stages are always JSONL: only the dataset itself is asked for in another format, and
+reject records differ in shape from reason to reason."""
 OUTPUT_KIND = "output"
 REJECTS_KIND = "rejects"
 

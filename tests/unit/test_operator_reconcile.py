@@ -20,15 +20,16 @@ import pytest
 
 from palimpsest.cardstats import describer
 from palimpsest.commit import ShardOutput, marker_uri
+from palimpsest.document import read_document
 from palimpsest.job import Job, parse_job
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
 from palimpsest_operator import constants as c
 from palimpsest_operator.cluster import JobView, Resource, TickResult
 from palimpsest_operator.evictions import FailedPod, give_up_uri
-from palimpsest_operator.progress import parse_indexes
+from palimpsest_operator.progress import Tally, advance, parse_indexes
 from palimpsest_operator.reconcile import reconcile
-from palimpsest_operator.status import merge_patch
+from palimpsest_operator.status import StageView, merge_patch
 from palimpsest_operator.storage import QUARANTINE_DIR, JobStorage
 from palimpsest_operator.trust import TrustPolicy
 
@@ -139,6 +140,16 @@ class Harness:
 
     def stage_uri(self, kind: str = "filter") -> str:
         return str(self.status["outputs"][kind])
+
+    def finish_filter(self, kept: int = 1, uncounted: tuple[int, ...] = ()) -> None:
+        """Start the filter Job, commit its 3 shards (those in `uncounted` without card
+        statistics) and tick once more with the Job complete."""
+        self.tick()
+        (name,) = self.cluster.jobs
+        for shard in range(3):
+            self.commit(shard, kept=kept, card=shard not in uncounted)
+        self.cluster.progress(name, "0-2", finished="Complete")
+        self.tick()
 
     def commit(self, shard: int, kind: str = "filter", kept: int = 1, card: bool = True) -> None:
         """Commit a shard as a worker does (`card`: with the final stage's card statistics)."""
@@ -581,12 +592,7 @@ def test_the_dataset_card_is_summed_over_ticks_after_the_manifest(
     monkeypatch.setattr(datacard, "CHUNK_SHARDS", 1)
     monkeypatch.setattr(datacard, "CHUNKS_PER_TICK", 2)
     h = Harness(tmp_path)
-    h.tick()
-    (name,) = h.cluster.jobs
-    for shard in range(3):
-        h.commit(shard, kept=2, card=shard != 1)
-    h.cluster.progress(name, "0-2", finished="Complete")
-    h.tick()
+    h.finish_filter(kept=2, uncounted=(1,))
     assert h.status["manifestUri"] and "cardUri" not in h.status
     assert h.status["phase"] == c.FILTERING and h.status["card"]["next"] == 2
     ready = {k["type"]: k for k in h.status["conditions"]}
@@ -604,3 +610,19 @@ def test_the_dataset_card_is_summed_over_ticks_after_the_manifest(
     written = card.stat().st_mtime_ns
     h.tick()  # nothing new: the card is not written again
     assert card.stat().st_mtime_ns == written and h.status["phase"] == c.SUCCEEDED
+
+
+def test_a_tick_past_its_budget_leaves_the_card_to_the_next(tmp_path: Path) -> None:
+    from palimpsest_operator.datacard import write_card_step
+
+    h = Harness(tmp_path)
+    h.finish_filter()  # the card is written in the tick that finishes the stage...
+    document = read_document(LocalStore(), h.status["jobDocument"])
+    tally = Tally.empty(3)
+    advance(tally, local_storage(document.job, None), h.stage_uri(), range(3))
+    view = StageView("filter", document.stage_refs()[0].stage_id, h.stage_uri(), None, "", tally)
+    storage = local_storage(document.job, None)
+    # ...unless that tick's budget is spent: then not one chunk starts
+    assert write_card_step(storage, document, [view], 0, deadline=0.0) == (0, None)
+    done, uri = write_card_step(storage, document, [view], 0, deadline=None)
+    assert done == 3 and uri == h.status["cardUri"]
