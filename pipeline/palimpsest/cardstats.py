@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from palimpsest.commit import Describe, Part, read_parts
 from palimpsest.job import Job
+from palimpsest.records import utf8
 from palimpsest.storage import Store
 
 EXACT_BELOW: Final = 64
@@ -206,7 +207,7 @@ def merge(total: CardStats, shard: CardStats) -> CardStats:
 def count_texts(texts: Iterable[str], count: TokenCounter, tokenizer: str) -> CardStats:
     stats = CardStats(tokenizer=tokenizer)
     for text in texts:
-        stats.add(text, count(text))
+        stats.add(text, count(utf8(text)))  # tokenizers take no lone surrogates
     return stats
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from palimpsest.records import PARQUET_BATCH_ROWS, Record
+from palimpsest.records import PARQUET_BATCH_ROWS, Record, utf8
 
 # What pyarrow raises for values it cannot convert (ArrowException covers ArrowInvalid and
 # ArrowTypeError; plain Python errors come from overflows and unhashable surprises).
@@ -36,21 +36,6 @@ def batches(path: Path) -> Iterator[list[Record]]:
                 batch = []
     if batch:
         yield batch
-
-
-def utf8(value: Any) -> Any:
-    """`value` with every string UTF-8 can encode (lone surrogates become escapes)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-        return value
-    if isinstance(value, list):
-        return [utf8(v) for v in value]
-    if isinstance(value, dict):
-        return {k: utf8(v) for k, v in value.items()}
-    return value
 
 
 def unify(old: Any, new: Any) -> Any:

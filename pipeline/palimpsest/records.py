@@ -128,6 +128,22 @@ def _encodable(value: Any) -> bool:
     return True
 
 
+def utf8(value: Any) -> Any:
+    """`value` with every string one UTF-8 can encode (lone surrogates become `\\udXXX`
+    escapes), for writers and libraries that take no other strings (Parquet, tokenizers)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, list):
+        return [utf8(v) for v in value]
+    if isinstance(value, dict):
+        return {k: utf8(v) for k, v in value.items()}
+    return value
+
+
 def encode_record(record: Record) -> bytes:
     """One JSONL line (with its newline) for any record the readers produce."""
     try:

@@ -201,3 +201,17 @@ def test_parquet_output_parts_load_through_the_card_and_by_glob(tmp_path: Path) 
     by_card = datasets.load_dataset(str(out), split="train", cache_dir=cache)
     assert sorted(by_card["id"]) == sorted(by_glob["id"])
     assert "- records: 7" in body
+
+
+def test_a_text_no_utf8_can_hold_is_counted_not_fatal(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from palimpsest.cardstats import count_texts, load_tokenizer
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    (tmp_path / "tok").mkdir()
+    tokenizer.save(str(tmp_path / "tok" / "tokenizer.json"))
+    count, name = load_tokenizer(str(tmp_path / "tok"))
+    stats = count_texts(["a \ud800 a", "a"], count, name)
+    assert (stats.records, stats.tokens, stats.bytes) == (2, 4 + 1, 8)
