@@ -37,7 +37,7 @@ from palimpsest_operator.annotations import (
     retry_list,
 )
 from palimpsest_operator.cluster import Cluster, Event, JobView, Resource, TickResult
-from palimpsest_operator.datacard import card_uri, position, write_card_step
+from palimpsest_operator.datacard import card_uri, position, position_status, write_card_step
 from palimpsest_operator.evictions import exhausted_indexes, give_up_uri
 from palimpsest_operator.inputs import ensure_document, ensure_plan, load_prompts
 from palimpsest_operator.manifest import ManifestProgress, manifest_uri, write_manifest_step
@@ -489,17 +489,18 @@ class Tick:
         kept in status.card): the outcome to report, which names the card once written."""
         uri = card_uri(document.job.output_uri)
         last = views[-1]
-        done = position(self.old.get("card"), last.stage_id)
-        if self.old.get("cardUri") != uri or done < last.tally.total:
-            done, written = write_card_step(storage, document, views, done, self.deadline)
+        at = position(self.old.get("card"), last.stage_id)
+        if self.old.get("cardUri") != uri or at.next < last.tally.total or not at.listing_done:
+            at, written = write_card_step(storage, document, views, at, self.deadline)
             if written is None:
-                self.status["card"] = {"stageId": last.stage_id, "next": done}
+                self.status["card"] = position_status(at, last.stage_id)
                 return (
                     c.REWRITING if document.job.rewrite else c.FILTERING,
                     c.REASON_WRITING_CARD,
-                    f"writing the dataset card: {done} of {last.tally.total} shards",
+                    f"writing the dataset card: {at.next} of {last.tally.total} shards, "
+                    f"{at.listed} objects listed",
                 )
-        self.status["card"] = {"stageId": last.stage_id, "next": done}
+        self.status["card"] = position_status(at, last.stage_id)
         self.status["cardUri"] = uri
         phase, reason, message = succeeded
         return phase, reason, f"{message}; dataset card at {uri}"

@@ -103,8 +103,13 @@ def header(document: JobDocument, files: Sequence[str]) -> dict[str, Any]:
 
 
 def render_card(
-    document: JobDocument, data: ReportData, texts: CardStats, files: Sequence[str]
+    document: JobDocument,
+    data: ReportData,
+    texts: CardStats,
+    files: Sequence[str],
+    strays: int = 0,
 ) -> str:
+    """The card's text; `strays`: objects beside the final stage's committed parts."""
     job = document.job
     lines = [
         "---",
@@ -116,6 +121,7 @@ def render_card(
         f"Made with Palimpsest, recipe `{job.recipe}`, stages {', '.join(job.stages)}, from "
         f"`{job.input.uri}`. The `train` split is the committed output of the last stage "
         f"({texts.records} records, text in the field `{job.input.text_field}`).",
+        *stray_note(strays, files),
         "",
         "## Records per stage",
         "",
@@ -171,6 +177,18 @@ def distribution(sketch: LengthSketch) -> list[str]:
         return []
     rows = [f"| {low} - {high - 1} | {n} |" for low, high, n in sketch.doublings()]
     return ["| characters per record | records |", "|---|---:|", *rows, ""]
+
+
+def stray_note(strays: int, files: Sequence[str]) -> list[str]:
+    if strays <= 0:
+        return []
+    named = len(files) > 1 or "*" not in files[0]
+    how = "so `data_files` names the committed parts" if named else "which its glob matches too"
+    return [
+        "",
+        f"{strays} objects beside the committed parts are left from attempts that did not "
+        f"commit ({how}); `palimpsest gc --delete` removes them.",
+    ]
 
 
 def uncounted(texts: CardStats) -> list[str]:

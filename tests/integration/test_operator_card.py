@@ -103,11 +103,13 @@ def test_the_operator_sums_worker_card_statistics_into_a_loadable_card(
     view = StageView(last.kind, last.stage_id, last.uri(out), None, "Succeeded", tally)
     monkeypatch.setattr(datacard, "CHUNK_SHARDS", 1)
     monkeypatch.setattr(datacard, "CHUNKS_PER_TICK", 2)
-    position, uri, ticks = 0, None, 0
-    while uri is None:  # the operator is restarted between ticks: only `position` survives
-        position, uri = datacard.write_card_step(JobStorage(s3), local.document, [view], position)
+    at, uri, ticks = datacard.CardPosition(), None, 0
+    while uri is None:  # the operator is restarted between ticks: only the position survives
+        at = datacard.position(datacard.position_status(at, last.stage_id), last.stage_id)
+        at, uri = datacard.write_card_step(JobStorage(s3), local.document, [view], at)
         ticks += 1
-    assert ticks == (shards + 1) // 2 and uri == f"{out}/{CARD_NAME}"
+    # 3 chunks of markers, then one page lists the 3 committed parts: 2 steps a tick
+    assert ticks == 2 and at.listed == 3 and uri == f"{out}/{CARD_NAME}"
 
     tokens = sum(len(tokenizer.encode(t, add_special_tokens=False).ids) for t in CLEAN)
     _, summed = final_stage(s3, job, last, shards)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from palimpsest.cardstats import describer
 from palimpsest.commit import ShardOutput, marker_uri
@@ -597,6 +598,9 @@ def test_the_dataset_card_is_summed_over_ticks_after_the_manifest(
     assert h.status["phase"] == c.FILTERING and h.status["card"]["next"] == 2
     ready = {k["type"]: k for k in h.status["conditions"]}
     assert ready[c.COND_PROGRESSING]["reason"] == c.REASON_WRITING_CARD
+    stray = Path(h.stage_uri()) / "output" / "shard-000001" / "dead" / "part-00000.jsonl.zst"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"")  # an attempt that died between its upload and its marker
     h.tick()
     assert h.status["phase"] == c.SUCCEEDED
     card = Path(h.status["cardUri"])
@@ -607,13 +611,17 @@ def test_the_dataset_card_is_summed_over_ticks_after_the_manifest(
     assert "- records: 4" in body and "| 9 | 6 | 3 | syntax_error 3 |" in body
     assert "- tokens: 4 (counted with whitespace-separated words" in body
     assert "1 shards are not in these figures: their markers carry no card statistics" in body
+    assert "1 objects beside the committed parts are left from attempts" in body
+    files = yaml.safe_load(body.split("---\n")[1])["configs"][0]["data_files"][0]["path"]
+    assert len(files) == 3 and not any("dead" in f or "*" in f for f in files)
+    assert all((card.parent / f).is_file() for f in files)
     written = card.stat().st_mtime_ns
     h.tick()  # nothing new: the card is not written again
     assert card.stat().st_mtime_ns == written and h.status["phase"] == c.SUCCEEDED
 
 
 def test_a_tick_past_its_budget_leaves_the_card_to_the_next(tmp_path: Path) -> None:
-    from palimpsest_operator.datacard import write_card_step
+    from palimpsest_operator.datacard import CardPosition, write_card_step
 
     h = Harness(tmp_path)
     h.finish_filter()  # the card is written in the tick that finishes the stage...
@@ -623,6 +631,9 @@ def test_a_tick_past_its_budget_leaves_the_card_to_the_next(tmp_path: Path) -> N
     view = StageView("filter", document.stage_refs()[0].stage_id, h.stage_uri(), None, "", tally)
     storage = local_storage(document.job, None)
     # ...unless that tick's budget is spent: then not one chunk starts
-    assert write_card_step(storage, document, [view], 0, deadline=0.0) == (0, None)
-    done, uri = write_card_step(storage, document, [view], 0, deadline=None)
-    assert done == 3 and uri == h.status["cardUri"]
+    assert write_card_step(storage, document, [view], CardPosition(), deadline=0.0) == (
+        CardPosition(),
+        None,
+    )
+    at, uri = write_card_step(storage, document, [view], CardPosition(), deadline=None)
+    assert (at.next, at.listed, at.listing_done) == (3, 3, True) and uri == h.status["cardUri"]
