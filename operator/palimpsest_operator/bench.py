@@ -12,8 +12,10 @@ filter stage of N shards, each tick under the operator's time budget, and report
 - idle: one tick during the run in which nothing new finished;
 - the CPU seconds of the idle and steady ticks (all threads), which a busy machine does not
   inflate as it does wall-clock time;
-- manifest: the ticks after the last shard, which write the dataset manifest (reading every
-  marker once, as many as each tick's time budget allows): how many, the longest, the total;
+- manifest: the ticks after the last shard, which write the dataset manifest and then the
+  dataset card (each reading every marker once, as many as each tick's time budget allows;
+  the markers carry a card statistics object like a final stage's): how many, the longest,
+  the total;
 - the status size in bytes and the process's peak resident memory (`--parts` sets the parts
   each marker lists, which the manifest carries).
 """
@@ -30,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
+from palimpsest.cardstats import count_texts
 from palimpsest.commit import OUTPUT_KIND, Marker, Part, marker_uri
 from palimpsest.identity import stage_refs
 from palimpsest.job import Job, parse_job
@@ -98,6 +101,10 @@ def bench_job(output_uri: str) -> Job:
     )
 
 
+# A final stage's card statistics of 6,000 texts of varied length, as workers write them.
+BENCH_CARD = count_texts((" x" * (1 + i * 37 % 4000) for i in range(6_000)), len, "chars").to_dict()
+
+
 def bench_marker(stage_uri: str, shard: int, parts: int) -> bytes:
     """The marker of one shard of 10,000 records listing `parts` output parts."""
     stats = Stats(records_in=10_000, kept=6_000, seconds=600.0)
@@ -107,7 +114,8 @@ def bench_marker(stage_uri: str, shard: int, parts: int) -> bytes:
         for p in range(parts)
     ]
     body = {OUTPUT_KIND: listed} if parts else {}
-    return Marker(shard, "bench", stage_uri.rsplit("/", 1)[-1], body, stats, "t").to_json()
+    stage_id = stage_uri.rsplit("/", 1)[-1]
+    return Marker(shard, "bench", stage_id, body, stats, "t", BENCH_CARD).to_json()
 
 
 def write_markers(stage_uri: str, shards: range, parts: int = 0) -> None:
@@ -197,7 +205,7 @@ def run(
     cluster.view = replace(cluster.view, completed_indexes=f"0-{shards - 1}", finished="Complete")
     finals = [tick()]
     while status["phase"] != "Succeeded" and len(finals) < 10_000:
-        finals.append(tick())  # the manifest is written over several ticks
+        finals.append(tick())  # the manifest and the card are written over several ticks
     return {
         "shards": shards,
         "store": "s3" if output_uri.startswith("s3://") else "local",

@@ -73,6 +73,7 @@ REASON_STALE_JOB_DELETED: Final = "StaleJobDeleted"
 REASON_RETRYING: Final = "RetryingFailedShards"
 REASON_RERUN: Final = "Rerun"
 REASON_WRITING_MANIFEST: Final = "WritingManifest"
+REASON_WRITING_CARD: Final = "WritingCard"
 REASON_TEMPORARY_ERROR: Final = "TemporaryError"
 REASON_MARKER_QUARANTINED: Final = "MarkerQuarantined"
 REASON_INDEX_GIVEN_UP: Final = "IndexGivenUp"  # evicted by the kubelet past its retries

@@ -26,6 +26,7 @@ from typing import Any
 
 from palimpsest.commit import CorruptMarkerError
 from palimpsest.dedupsteps import with_steps
+from palimpsest.document import JobDocument
 from palimpsest.identity import StageRef
 from palimpsest.job import Job, parse_job
 from palimpsest.stages.registry import Runner
@@ -45,6 +46,7 @@ from palimpsest_operator.cluster import (
     TickResult,
     WorkloadView,
 )
+from palimpsest_operator.datacard import card_uri, position, position_status, write_card_step
 from palimpsest_operator.evictions import exhausted_indexes, give_up_uri
 from palimpsest_operator.inputs import ensure_document, ensure_plan, load_prompts
 from palimpsest_operator.manifest import ManifestProgress, manifest_uri, write_manifest_step
@@ -194,17 +196,18 @@ class Tick:
             int(plan["shards"]),
             asked.attempt,
         )
-        return self.run_stages(job, placement, storage, works, previous)
+        return self.run_stages(document, placement, storage, works, previous)
 
     def run_stages(
         self,
-        job: Job,
+        document: JobDocument,
         placement: Placement,
         storage: JobStorage,
         works: Sequence[builders.StageJob],
         previous: Mapping[str, Any],
     ) -> TickResult:
         self.reached_stages = True
+        job = document.job
         existing = {v.name: v for v in self.cluster.list_jobs(self.res.namespace, self.res.name)}
         self.delete_stale(existing, {w.name for w in works})
         checkpoint = dict(previous.get("checkpoint") or {})
@@ -248,6 +251,7 @@ class Tick:
                 )
             else:
                 self.status["manifestUri"] = uri
+                outcome = self.ensure_card(document, storage, views, outcome)
         return self.finish(*outcome)
 
     def count(self, run: GroupRun, storage: JobStorage, checkpoint: Mapping[str, Any]) -> None:
@@ -478,6 +482,33 @@ class Tick:
         )
         self.status["manifest"] = progress.to_status()
         return written
+
+    def ensure_card(
+        self,
+        document: JobDocument,
+        storage: JobStorage,
+        views: Sequence[StageView],
+        succeeded: tuple[str, str, str],
+    ) -> tuple[str, str, str]:
+        """The dataset card, summed over ticks once the manifest is written (the position is
+        kept in status.card): the outcome to report, which names the card once written."""
+        uri = card_uri(document.job.output_uri)
+        last = views[-1]
+        at = position(self.old.get("card"), last.stage_id)
+        if self.old.get("cardUri") != uri or at.next < last.tally.total or not at.listing_done:
+            at, written = write_card_step(storage, document, views, at, self.deadline)
+            if written is None:
+                self.status["card"] = position_status(at, last.stage_id)
+                return (
+                    c.REWRITING if document.job.rewrite else c.FILTERING,
+                    c.REASON_WRITING_CARD,
+                    f"writing the dataset card: {at.next} of {last.tally.total} shards, "
+                    f"{at.listed} objects listed",
+                )
+        self.status["card"] = position_status(at, last.stage_id)
+        self.status["cardUri"] = uri
+        phase, reason, message = succeeded
+        return phase, reason, f"{message}; dataset card at {uri}"
 
     def stage_events(
         self, views: Sequence[StageView], previous: Mapping[Any, Mapping[str, Any]]

@@ -7,25 +7,24 @@ header whose `configs` point `data_files` at the final stage's committed parts (
 then records in/kept/rejected per stage with the top reject reasons, token counts and length
 distribution of the final texts, the stage ids, the pinned tool versions and the job as parsed.
 
-Token counts use a reference tokenizer when one loads offline (`spec.card.tokenizer`, default
-the rewrite model): a local folder with a `tokenizer.json` (the `tokenizers` package) or a
-name in the local Hugging Face cache (`transformers`); otherwise whitespace-separated words,
-and the card says which was used.
+The final texts' figures are not read from the records here: the worker that committed each
+shard of the final stage counted them into its marker (`cardstats`), and the card sums those
+(`cardstats.merge`), so `palimpsest run` and the operator write the same card. Token counts
+use a reference tokenizer when one loads offline on the worker (`spec.card.tokenizer`,
+default the rewrite model), otherwise whitespace-separated words, and the card says which.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
-import statistics
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import yaml
 
-from palimpsest.commit import OUTPUT_KIND, PART_FORMAT, read_committed, read_marker
+from palimpsest.cardstats import MIXED, CardStats, LengthSketch, describer, merge
+from palimpsest.commit import OUTPUT_FORMATS, OUTPUT_KIND, Marker, read_marker
 from palimpsest.document import JobDocument
 from palimpsest.identity import StageRef, pinned_tools
 from palimpsest.job import Job
@@ -38,76 +37,40 @@ CARD_NAME: Final = "README.md"
 LENGTH_QUANTILES: Final = (0.1, 0.5, 0.9, 0.99)
 
 
-TokenCounter = Callable[[str], int]
-"""Text -> its number of tokens."""
+def shard_card(store: Store, marker: Marker, job: Job) -> CardStats:
+    """A committed shard's card statistics: from its marker, or (a marker written while the
+    stage was not a job's final one, or before markers carried them) counted from its parts."""
+    if marker.card is not None:
+        return CardStats.from_dict(marker.card)
+    return CardStats.from_dict(describer(store, job)(marker.parts.get(OUTPUT_KIND, [])))
 
 
-def load_tokenizer(name: str | None) -> tuple[TokenCounter, str]:
-    """A token counter and how to name it: the tokenizer `name` when it loads offline, else
-    whitespace-separated words."""
-    if name:
-        path = Path(name) / "tokenizer.json"
-        try:
-            if path.is_file():
-                from tokenizers import Tokenizer
-
-                fast = Tokenizer.from_file(str(path))
-                return lambda text: len(fast.encode(text, add_special_tokens=False).ids), name
-            from transformers import AutoTokenizer
-
-            auto = AutoTokenizer.from_pretrained(name, local_files_only=True)
-            return lambda text: len(auto.encode(text, add_special_tokens=False)), name
-        except Exception:  # any failure to load means: no reference tokenizer here
-            pass
-    reason = f"{name!r} could not be loaded offline" if name else "none was named"
-    return lambda text: len(text.split()), f"whitespace-separated words ({reason})"
-
-
-@dataclass(frozen=True)
-class TextSummary:
-    """The final stage's kept texts: how many, their tokens and their length distribution."""
-
-    records: int
-    tokens: int
-    tokenizer: str
-    chars: dict[str, float]
-    bytes: int
-
-
-def summarize_texts(texts: Iterable[str], count: TokenCounter, tokenizer: str) -> TextSummary:
-    lengths: list[int] = []
-    tokens = 0
-    size = 0
-    for text in texts:
-        lengths.append(len(text))
-        tokens += count(text)
-        size += len(text.encode("utf-8", "surrogatepass"))
-    chars: dict[str, float] = {}
-    if lengths:
-        chars = {"min": min(lengths), "mean": round(statistics.fmean(lengths), 1)}
-        if len(lengths) > 1:
-            cuts = statistics.quantiles(lengths, n=100, method="inclusive")
-            chars |= {f"p{round(q * 100)}": cuts[round(q * 100) - 1] for q in LENGTH_QUANTILES}
-        chars["max"] = max(lengths)
-    return TextSummary(len(lengths), tokens, tokenizer, chars, size)
-
-
-def committed_parts(store: Store, output_uri: str, ref: StageRef, shards: int) -> list[str]:
-    """The final stage's committed output parts, relative to the output URI."""
-    prefix = output_uri.rstrip("/") + "/"
-    parts = []
+def final_stage(store: Store, job: Job, ref: StageRef, shards: int) -> tuple[list[str], CardStats]:
+    """The final stage's committed output parts (relative to the output URI) and the sum of
+    its shards' card statistics, in one pass over its markers."""
+    prefix = job.output_uri.rstrip("/") + "/"
+    parts: list[str] = []
+    total = CardStats()
     for shard in range(shards):
-        marker = read_marker(store, ref.uri(output_uri), shard)
+        marker = read_marker(store, ref.uri(job.output_uri), shard)
         if marker is not None:
             parts += [p.uri.removeprefix(prefix) for p in marker.parts.get(OUTPUT_KIND, [])]
-    return sorted(parts)
+            merge(total, shard_card(store, marker, job))
+    return sorted(parts), total
 
 
-def data_files(store: Store, output_uri: str, ref: StageRef, parts: Sequence[str]) -> list[str]:
+def stage_glob(ref: StageRef, output_format: str) -> str:
+    """The glob over every output part of the final stage `ref` (`spec.output.format`)."""
+    return f"{ref.stage_id}/{OUTPUT_KIND}/shard-*/*/part-*.{OUTPUT_FORMATS[output_format]}"
+
+
+def data_files(
+    store: Store, output_uri: str, ref: StageRef, parts: Sequence[str], job_format: str = "jsonl"
+) -> list[str]:
     """One glob over the stage's output parts when every part under it is committed; else
     (parts left by interrupted attempts, until `palimpsest gc --delete`) the committed parts
     one by one."""
-    glob = f"{ref.stage_id}/{OUTPUT_KIND}/shard-*/*/part-*.{PART_FORMAT}"
+    glob = stage_glob(ref, job_format)
     if not parts:
         return [glob]  # nothing kept: there may be no folder to list
     folder = join(ref.uri(output_uri), OUTPUT_KIND)
@@ -140,8 +103,13 @@ def header(document: JobDocument, files: Sequence[str]) -> dict[str, Any]:
 
 
 def render_card(
-    document: JobDocument, data: ReportData, texts: TextSummary, files: Sequence[str]
+    document: JobDocument,
+    data: ReportData,
+    texts: CardStats,
+    files: Sequence[str],
+    strays: int = 0,
 ) -> str:
+    """The card's text; `strays`: objects beside the final stage's committed parts."""
     job = document.job
     lines = [
         "---",
@@ -153,6 +121,7 @@ def render_card(
         f"Made with Palimpsest, recipe `{job.recipe}`, stages {', '.join(job.stages)}, from "
         f"`{job.input.uri}`. The `train` split is the committed output of the last stage "
         f"({texts.records} records, text in the field `{job.input.text_field}`).",
+        *stray_note(strays, files),
         "",
         "## Records per stage",
         "",
@@ -171,11 +140,15 @@ def render_card(
         "## Final texts",
         "",
         f"- records: {texts.records}",
-        f"- tokens: {texts.tokens} (counted with {texts.tokenizer})",
+        f"- tokens: {texts.tokens} (counted with {tokenizer_label(texts.tokenizer)})",
         f"- UTF-8 bytes: {texts.bytes}",
-        "- characters per record: "
-        + (", ".join(f"{k} {v:g}" for k, v in texts.chars.items()) or "no records"),
+        f"- characters per record: {spread(texts.chars)}",
+        f"- tokens per record: {spread(texts.token_lengths)}",
         "",
+        "Percentiles come from log-scale histograms summed over shards (within 2.2%).",
+        *uncounted(texts),
+        "",
+        *distribution(texts.chars),
         "## Tool versions",
         "",
         *[f"- {name} {version}" for name, version in tool_versions(job.stages).items()],
@@ -192,37 +165,53 @@ def render_card(
     return "\n".join(lines)
 
 
+def spread(sketch: LengthSketch) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sketch.summary(LENGTH_QUANTILES).items()) or (
+        "no records"
+    )
+
+
+def distribution(sketch: LengthSketch) -> list[str]:
+    """The characters-per-record histogram as a table, one row per doubling."""
+    if not sketch.count:
+        return []
+    rows = [f"| {low} - {high - 1} | {n} |" for low, high, n in sketch.doublings()]
+    return ["| characters per record | records |", "|---|---:|", *rows, ""]
+
+
+def stray_note(strays: int, files: Sequence[str]) -> list[str]:
+    if strays <= 0:
+        return []
+    named = len(files) > 1 or "*" not in files[0]
+    how = "so `data_files` names the committed parts" if named else "which its glob matches too"
+    return [
+        "",
+        f"{strays} objects beside the committed parts are left from attempts that did not "
+        f"commit ({how}); `palimpsest gc --delete` removes them.",
+    ]
+
+
+def uncounted(texts: CardStats) -> list[str]:
+    if not texts.uncounted:
+        return []
+    return [
+        f"{texts.uncounted} shards are not in these figures: their markers carry no card "
+        "statistics (`palimpsest run` over the same job counts them from their records)."
+    ]
+
+
+def tokenizer_label(name: str | None) -> str:
+    if name == MIXED:
+        return "different tokenizers on different workers (see the job's tokenizer setting)"
+    return name or "nothing (no records)"
+
+
 def write_card(store: Store, document: JobDocument, shards: int, data: ReportData) -> str:
     """Write the card under the job's output URI; returns its URI."""
     job = document.job
     last = document.stage_refs()[-1]
-    parts = committed_parts(store, job.output_uri, last, shards)
-    count, tokenizer = load_tokenizer(tokenizer_name(job))
-    texts = final_texts(store, job.output_uri, last, shards, job.input.text_field)
-    summary = summarize_texts(texts, count, tokenizer)
+    parts, texts = final_stage(store, job, last, shards)
     uri = join(job.output_uri, CARD_NAME)
-    files = data_files(store, job.output_uri, last, parts)
-    store.put_bytes(uri, render_card(document, data, summary, files).encode("utf-8"))
+    files = data_files(store, job.output_uri, last, parts, job.output_format)
+    store.put_bytes(uri, render_card(document, data, texts, files).encode("utf-8"))
     return uri
-
-
-def tokenizer_name(job: Job) -> str | None:
-    """spec.card.tokenizer, else the rewrite engine's tokenizer or model, else None."""
-    if job.card.tokenizer:
-        return job.card.tokenizer
-    if job.rewrite is None:
-        return None
-    return job.rewrite.engine.tokenizer or job.rewrite.engine.model
-
-
-def final_texts(
-    store: Store, output_uri: str, ref: StageRef, shards: int, text_field: str
-) -> Iterable[str]:
-    for shard in range(shards):
-        marker = read_marker(store, ref.uri(output_uri), shard)
-        if marker is None:
-            continue
-        for raw in read_committed(store, marker):
-            text = (raw.record or {}).get(text_field)
-            if isinstance(text, str):
-                yield text

@@ -21,7 +21,7 @@ import datetime as dt
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,10 @@ from palimpsest.storage import StorageError, Store, create_object, join
 
 MARKERS = "_markers"
 PART_FORMAT = "jsonl.zst"
+OUTPUT_FORMATS = {"jsonl": PART_FORMAT, "parquet": "parquet"}
+"""`spec.output.format` -> the file suffix of the final stage's output parts. Rejects and
+earlier stages are always JSONL: only the dataset itself is asked for in another format, and
+reject records differ in shape from reason to reason."""
 OUTPUT_KIND = "output"
 REJECTS_KIND = "rejects"
 
@@ -61,6 +65,8 @@ class Marker:
     parts: dict[str, list[Part]]
     stats: Stats
     committed_at: str
+    card: dict[str, Any] | None = None
+    """The final stage's dataset-card statistics of its kept texts (`cardstats.CardStats`)."""
 
     def to_json(self) -> bytes:
         body = {
@@ -71,6 +77,8 @@ class Marker:
             "stats": self.stats.to_dict(),
             "committed_at": self.committed_at,
         }
+        if self.card is not None:
+            body["card"] = self.card
         return json.dumps(body, sort_keys=True).encode("utf-8")
 
     @staticmethod
@@ -83,6 +91,7 @@ class Marker:
             parts={k: [Part(**p) for p in v] for k, v in body["parts"].items()},
             stats=Stats.from_dict(body["stats"]),
             committed_at=str(body["committed_at"]),
+            card=body["card"] if isinstance(body.get("card"), dict) else None,
         )
 
 
@@ -145,11 +154,19 @@ def _parse_marker(uri: str, data: bytes, shard: int) -> Marker:
 
 def read_committed(store: Store, marker: Marker, kind: str = OUTPUT_KIND) -> Iterator[RawRecord]:
     """The records of a committed shard, through its marker's part list."""
-    for part in marker.parts.get(kind, []):
+    return read_parts(store, marker.parts.get(kind, []))
+
+
+def read_parts(store: Store, parts: Iterable[Part]) -> Iterator[RawRecord]:
+    for part in parts:
         if part.uri.endswith(".parquet"):
             yield from read_parquet(store, part.uri)
         else:
             yield from read_jsonl(store, part.uri)
+
+
+Describe = Callable[[list[Part]], dict[str, Any]]
+"""A shard's committed output parts -> its dataset-card statistics (see `stagerun`)."""
 
 
 class ShardOutput:
@@ -162,14 +179,15 @@ class ShardOutput:
         stage_id: str,
         shard: int,
         attempt: str | None = None,
-        part_format: str = PART_FORMAT,
+        output_format: str = PART_FORMAT,
     ) -> None:
+        """`output_format`: the suffix of the output parts (rejects are always PART_FORMAT)."""
         self.store = store
         self.stage_uri = stage_uri
         self.stage_id = stage_id
         self.shard = shard
         self.attempt = attempt or new_attempt_id()
-        self._format = part_format
+        self._formats = {OUTPUT_KIND: output_format, REJECTS_KIND: PART_FORMAT}
         self._writers: dict[str, list[RecordWriter]] = {OUTPUT_KIND: [], REJECTS_KIND: []}
         self._parts: dict[str, list[Part]] = {OUTPUT_KIND: [], REJECTS_KIND: []}
 
@@ -179,7 +197,7 @@ class ShardOutput:
             kind,
             f"shard-{self.shard:06d}",
             self.attempt,
-            f"part-{number:05d}.{self._format}",
+            f"part-{number:05d}.{self._formats[kind]}",
         )
 
     def _writer(self, kind: str) -> RecordWriter:
@@ -230,9 +248,15 @@ class ShardOutput:
                     writer.discard()
             self._writers[kind] = []
 
-    def commit(self, stats: Stats, extra_parts: dict[str, list[Part]] | None = None) -> bool:
+    def commit(
+        self,
+        stats: Stats,
+        extra_parts: dict[str, list[Part]] | None = None,
+        describe: Describe | None = None,
+    ) -> bool:
         """Publish this attempt's parts; False when another attempt won (then this attempt's
-        parts that the winner does not list are deleted)."""
+        parts that the winner does not list are deleted). `describe` gives the marker's card
+        statistics from the output parts it will list."""
         self._close_all()
         parts = {k: [*(extra_parts or {}).get(k, []), *v] for k, v in self._parts.items()}
         marker = Marker(
@@ -242,6 +266,7 @@ class ShardOutput:
             parts=parts,
             stats=stats,
             committed_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            card=describe(parts[OUTPUT_KIND]) if describe else None,
         )
         winner = publish_marker(self.store, marker, self.stage_uri)
         if winner.attempt == self.attempt:

@@ -175,10 +175,13 @@ def stage_refs(job: Job, plan_id: str, prompts: Mapping[str, Prompt]) -> tuple[S
             if name not in prompts:
                 raise ValueError(f"spec.rewrite.prompts: no prompt loaded for stage {name!r}")
             prompt_sha = prompts[name].sha256
+        settings = stage_settings(entry, job)
+        if name == job.stages[-1] and job.output_format != "jsonl":
+            settings["output_format"] = job.output_format  # its parts are the dataset's files
         body = {
             "kind": name,
             "plan": plan_id,
-            "settings": stage_settings(entry, job),
+            "settings": settings,
             "prompt_sha256": prompt_sha,
             "previous": previous,
             "tools": pinned_tools(entry.tools),

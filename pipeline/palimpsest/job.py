@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from palimpsest.commit import OUTPUT_FORMATS
 from palimpsest.dedupsteps import DedupSettings
 from palimpsest.engines.base import SamplingSettings
 from palimpsest.engines.settings import EngineSettings, SpeculativeSettings
@@ -84,7 +85,7 @@ JOB_KEYS: Final[Mapping[str, frozenset[str]]] = {
         | {"dedup"}
     ),
     "spec.input": frozenset({"uri", "format", "textField", "idField"}),
-    "spec.output": frozenset({"uri"}),
+    "spec.output": frozenset({"uri", "format"}),
     "spec.storage": frozenset({"endpoint", "region"}),
     "spec.sharding": frozenset({"recordsPerShard"}),
     "spec.filter": frozenset({"minScore", "timeLimitSeconds", "workers", "exactScores"})
@@ -175,6 +176,8 @@ class Job:
     decontam: DecontamSettings = field(default_factory=DecontamSettings)
     card: CardSettings = field(default_factory=CardSettings)
     dedup: DedupSettings = field(default_factory=DedupSettings)
+    output_format: str = "jsonl"
+    """`spec.output.format`: the final stage's part format, one of OUTPUT_FORMATS."""
 
     def __post_init__(self) -> None:
         recipe_stages(self.recipe, self.stages, "spec.stages")
@@ -233,6 +236,9 @@ def parse_job(manifest: Mapping[str, Any]) -> Job:
         decontam=_decontam(mapping(spec.get("decontam") or {}, "spec.decontam")),
         card=_card(mapping(spec.get("card") or {}, "spec.card")),
         dedup=_dedup(mapping(spec.get("dedup") or {}, "spec.dedup")),
+        output_format=choice(
+            output.get("format", "jsonl"), "spec.output.format", tuple(OUTPUT_FORMATS)
+        ),
     )
 
 

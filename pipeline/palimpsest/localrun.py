@@ -315,7 +315,7 @@ def run_llm(
 ) -> None:
     """Every shard through the LLM stages on one engine, started only if there is work."""
     job = local.job
-    plans = llm_plans(local.document, kinds)
+    plans = llm_plans(local.document, kinds, local.store)
     shards = sorted({s for p in plans for s in pending_shards(local, p.ref)})
     if not shards:
         return

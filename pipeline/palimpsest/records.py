@@ -128,6 +128,22 @@ def _encodable(value: Any) -> bool:
     return True
 
 
+def utf8(value: Any) -> Any:
+    """`value` with every string one UTF-8 can encode (lone surrogates become `\\udXXX`
+    escapes), for writers and libraries that take no other strings (Parquet, tokenizers)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, list):
+        return [utf8(v) for v in value]
+    if isinstance(value, dict):
+        return {k: utf8(v) for k, v in value.items()}
+    return value
+
+
 def encode_record(record: Record) -> bytes:
     """One JSONL line (with its newline) for any record the readers produce."""
     try:
@@ -323,7 +339,8 @@ def open_seekable(store: Store, uri: str, size: int | None = None) -> IO[bytes]:
 class RecordWriter:
     """Writes records to a local temp file in the format of the target name, then uploads it.
 
-    Parquet columns are inferred from the first batch; records are buffered per batch only.
+    A Parquet part is staged as plain JSON Lines and converted when it is finished
+    (`parquetparts`), so its schema fits every record it got.
     """
 
     def __init__(self, store: Store, uri: str) -> None:
@@ -331,18 +348,13 @@ class RecordWriter:
         self.uri = uri
         self.format = format_of(uri)
         self.count = 0
-        fd, tmp = tempfile.mkstemp(prefix="palimpsest-part-")
-        os.close(fd)
-        self._path = Path(tmp)
-        self._batch: list[Record] = []
-        self._parquet_writer: Any = None
-        self._stream: IO[bytes] | None = None
-        if self.format == JSONL:
-            self._stream = self._open_jsonl()
+        self._path = _temp_file()
+        self._staged = _temp_file() if self.format == PARQUET else None
+        self._stream = self._open_jsonl()
 
     def _open_jsonl(self) -> IO[bytes]:
-        raw = open(self._path, "wb")  # noqa: SIM115 - closed in close()
-        compression = compression_of(self.uri)
+        raw = open(self._staged or self._path, "wb")  # noqa: SIM115 - closed in finish()
+        compression = None if self._staged else compression_of(self.uri)
         if compression == "gzip":
             return gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)  # type: ignore[return-value]
         if compression == "zstd":
@@ -353,40 +365,7 @@ class RecordWriter:
 
     def write(self, record: Record) -> None:
         self.count += 1
-        if self._stream is not None:
-            self._stream.write(encode_record(record))
-            return
-        self._batch.append(record)
-        if len(self._batch) >= PARQUET_BATCH_ROWS:
-            self._flush_parquet()
-
-    def _flush_parquet(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not self._batch:
-            return
-        if self._parquet_writer is None:
-            table = pa.Table.from_pylist(self._batch)
-            self._parquet_writer = pq.ParquetWriter(str(self._path), table.schema)
-        else:
-            schema = self._parquet_writer.schema
-            self._check_fields(set(schema.names))
-            table = pa.Table.from_pylist(self._batch, schema=schema)
-        self._parquet_writer.write_table(table)
-        self._batch = []
-
-    def _check_fields(self, known: set[str]) -> None:
-        """A Parquet file has one schema: a field first seen after the first batch would be
-        dropped, so it is an error instead."""
-        for record in self._batch:
-            extra = record.keys() - known
-            if extra:
-                raise ValueError(
-                    f"{self.uri}: field(s) {sorted(extra)} first appear after the first "
-                    f"{PARQUET_BATCH_ROWS} records, so they are not in the Parquet schema; "
-                    "write JSONL instead"
-                )
+        self._stream.write(encode_record(record))
 
     def close(self) -> int:
         """Finish the file and upload it; returns its size in bytes."""
@@ -396,12 +375,13 @@ class RecordWriter:
 
     def finish(self) -> int:
         """Finish the local file (no storage I/O); returns its size in bytes."""
-        if self._stream is not None:
-            self._stream.close()
-        else:
-            self._flush_parquet()
-            if self._parquet_writer is not None:
-                self._parquet_writer.close()
+        self._stream.close()
+        if self._staged is not None:
+            from palimpsest.parquetparts import write_parquet
+
+            write_parquet(self._staged, self._path)
+            self._staged.unlink()
+            self._staged = None
         return self._path.stat().st_size
 
     def upload(self) -> None:
@@ -410,9 +390,16 @@ class RecordWriter:
         self._path.unlink()
 
     def discard(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
+        self._stream.close()
         self._path.unlink(missing_ok=True)
+        if self._staged is not None:
+            self._staged.unlink(missing_ok=True)
+
+
+def _temp_file() -> Path:
+    fd, name = tempfile.mkstemp(prefix="palimpsest-part-")
+    os.close(fd)
+    return Path(name)
 
 
 def read_all_jsonl(data: bytes, uri: str = "<bytes>") -> list[Record]:

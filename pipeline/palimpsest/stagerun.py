@@ -19,7 +19,15 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from palimpsest.commit import ShardOutput, read_committed, read_marker
+from palimpsest.cardstats import describer
+from palimpsest.commit import (
+    OUTPUT_FORMATS,
+    PART_FORMAT,
+    Describe,
+    ShardOutput,
+    read_committed,
+    read_marker,
+)
 from palimpsest.document import JobDocument
 from palimpsest.engines.base import Engine
 from palimpsest.engines.factory import make_engine
@@ -91,22 +99,41 @@ def run_records_shard(
         log.info("shard %d of %s already committed by %s", index, ref.stage_id, existing.attempt)
         return ShardResult(index, False, True, existing.stats)
     items = shard_inputs(store, plan, output_uri, ref.previous, document.job.input.id_field)(index)
-    out = ShardOutput(store, stage_uri, ref.stage_id, index)
+    out = ShardOutput(
+        store, stage_uri, ref.stage_id, index, output_format=output_format(document, ref)
+    )
     stats = Stats()
     try:
         stage.run(items, out.write, out.write_reject, stats, progress)
     except BaseException:
         out.abort()
         raise
-    if not out.commit(stats):
+    if not out.commit(stats, describe=final_describer(store, document, ref)):
         log.warning("shard %d of %s was committed by another attempt", index, ref.stage_id)
         winner = read_marker(store, stage_uri, index)
         return ShardResult(index, False, True, winner.stats if winner else stats)
     return ShardResult(index, True, False, stats)
 
 
-def llm_plans(document: JobDocument, kinds: Sequence[str]) -> list[StagePlan]:
-    """The LLM stages `kinds` of the job, in order, each with its id and its prompt."""
+def output_format(document: JobDocument, ref: StageRef) -> str:
+    """The suffix of `ref`'s output parts: `spec.output.format` for the job's final stage."""
+    if ref != document.stage_refs()[-1]:
+        return PART_FORMAT
+    return OUTPUT_FORMATS[document.job.output_format]
+
+
+def final_describer(store: Store, document: JobDocument, ref: StageRef) -> Describe | None:
+    """The card statistics the commit of `ref` carries: only the job's final stage has them."""
+    if ref != document.stage_refs()[-1]:
+        return None
+    return describer(store, document.job)
+
+
+def llm_plans(
+    document: JobDocument, kinds: Sequence[str], store: Store | None = None
+) -> list[StagePlan]:
+    """The LLM stages `kinds` of the job, in order, each with its id and its prompt (and, with
+    the `store` they commit to, the final stage's card statistics)."""
     job = document.job
     plans = []
     for kind in kinds:
@@ -120,7 +147,9 @@ def llm_plans(document: JobDocument, kinds: Sequence[str]) -> list[StagePlan]:
             entry.values(job),
             entry.min_score_of(job),
         )
-        plans.append(StagePlan(document.ref(kind), stage))
+        ref = document.ref(kind)
+        describe = None if store is None else final_describer(store, document, ref)
+        plans.append(StagePlan(ref, stage, describe, output_format(document, ref)))
     return plans
 
 
@@ -165,7 +194,7 @@ async def run_llm_block(
     EngineDeadError if it dies. When every stage of every shard is committed already, the
     engine is not even started. `engine` replaces the one the job's settings would build."""
     output_uri = document.job.output_uri
-    plans = llm_plans(document, kinds)
+    plans = llm_plans(document, kinds, store)
     done = committed_reports(store, plans, output_uri, shards)
     if len(done) == len(shards):
         return done

@@ -40,13 +40,34 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 STATUS_DUMP = LOGS / "e2e-rewritejob-status.yaml"
 
 
+def assert_card_loads(status: dict[str, Any], tmp_path: Path, records: int) -> None:
+    """The operator's dataset card, over the Parquet parts the worker pods wrote, loads with
+    `datasets` (from a copy of the output folder) and counts the records the status does."""
+    import datasets
+
+    assert status["cardUri"] in status["message"]
+    bucket, _, key = status["cardUri"].removeprefix("s3://").partition("/")
+    prefix = key.rsplit("/", 1)[0] + "/"
+    copy = tmp_path / "output"
+    for page in s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            path = copy / obj["Key"].removeprefix(prefix)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            s3().download_file(bucket, obj["Key"], str(path))
+    body = (copy / "README.md").read_text()
+    assert "part-*.parquet" in body and f"- records: {records}" in body
+    loaded = datasets.load_dataset(str(copy), split="train", cache_dir=str(tmp_path / "cache"))
+    assert len(loaded) == records and len(set(loaded["id"])) == records
+
+
 def test_filter_job_runs_to_succeeded_with_counts_from_the_markers(
-    k8s_cluster: Cluster, namespace: str, operator: Operator
+    k8s_cluster: Cluster, namespace: str, operator: Operator, tmp_path: Path
 ) -> None:
     prefix = f"e2e/{namespace}/filter"
     input_uri = write_input(k8s_cluster.bucket, prefix, records=12)
     output_uri = f"s3://{k8s_cluster.bucket}/{prefix}/output"
-    k8s_cluster.apply(rewrite_job("code", input_uri, output_uri), namespace)
+    output = {"uri": output_uri, "format": "parquet"}
+    k8s_cluster.apply(rewrite_job("code", input_uri, output_uri, output=output), namespace)
 
     status = wait_until(
         "the job to succeed",
@@ -54,6 +75,7 @@ def test_filter_job_runs_to_succeeded_with_counts_from_the_markers(
     )
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["plan"]["shards"] == 3 and status["progress"] == "100%"
+    assert_card_loads(status, tmp_path, records=9)
     assert status["records"] == {"in": 12, "kept": 9, "rejected": 3}
     assert status["stages"][0]["topRejects"] == {"syntax_error": 3}
     assert_status_matches_markers(status)

@@ -195,3 +195,11 @@ def test_language_decides_the_translate_stage() -> None:
     prompts = job_prompts(job)
     german = replace(job, rewrite=RewriteSettings(ENGINE, "German"))
     assert ids(job, prompts) != ids(german, prompts)
+
+
+def test_the_output_format_decides_only_the_final_stage() -> None:
+    parquet = ids(replace(JOB, output_format="parquet"))
+    assert ids(replace(JOB, output_format="jsonl")) == ids(JOB)
+    assert parquet[:2] == ids(JOB)[:2] and parquet[2] != ids(JOB)[2]
+    filter_only = replace(JOB, stages=("filter",), output_format="parquet")
+    assert ids(filter_only) != ids(replace(JOB, stages=("filter",)))

@@ -213,6 +213,7 @@ def test_translate_needs_a_language_whichever_way_the_job_is_built() -> None:
             "spec.rewrite.sampling.maxTokens",
         ),
         ({"dryRun": 1}, "spec.dryRun"),
+        ({"output": {"uri": "s3://b/out", "format": "csv"}}, "spec.output.format"),
         ({"colour": "blue"}, "spec.colour"),
         *[(speculative(value), field) for value, field in BAD_SPECULATIVE],
     ],

@@ -7,8 +7,9 @@ from typing import Any
 
 import yaml
 
+from palimpsest.commit import OUTPUT_FORMATS
 from palimpsest.engines.settings import SPECULATIVE_METHODS, SpeculativeSettings
-from palimpsest.job import SPECULATIVE_KEYS
+from palimpsest.job import SPECULATIVE_KEYS, Job
 from palimpsest_operator import constants as c
 from palimpsest_operator.manifest import ManifestProgress
 from tests.unit.test_operator_reconcile import Harness
@@ -134,3 +135,18 @@ def test_speculative_decoding_schema_follows_the_parser() -> None:
     for key, field in SPECULATIVE_KEYS.items():
         assert speculative["properties"][key]["default"] == getattr(defaults, field), key
     assert "self.type == 'vllm' || !has(self.speculative)" in rules(engine)
+
+
+def test_status_declares_what_a_finished_job_gets(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    harness.finish_filter()
+    assert harness.status["phase"] == c.SUCCEEDED
+    properties = schema()["properties"]["status"]["properties"]
+    assert set(harness.status) <= set(properties)
+    assert set(harness.status["card"]) <= set(properties["card"]["properties"])
+
+
+def test_output_format_schema_follows_the_parser() -> None:
+    output = schema()["properties"]["spec"]["properties"]["output"]["properties"]
+    assert output["format"]["enum"] == list(OUTPUT_FORMATS)
+    assert output["format"]["default"] == Job.__dataclass_fields__["output_format"].default

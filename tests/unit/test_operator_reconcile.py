@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from palimpsest.cardstats import describer
 from palimpsest.commit import ShardOutput, marker_uri
-from palimpsest.job import Job
+from palimpsest.document import read_document
+from palimpsest.job import Job, parse_job
 from palimpsest.stats import Stats
 from palimpsest.storage import LocalStore
 from palimpsest_operator import constants as c
 from palimpsest_operator.cluster import JobView, Resource, TickResult, WorkloadView
 from palimpsest_operator.evictions import FailedPod, give_up_uri
-from palimpsest_operator.progress import parse_indexes
+from palimpsest_operator.progress import Tally, advance, parse_indexes
 from palimpsest_operator.reconcile import reconcile
-from palimpsest_operator.status import merge_patch
+from palimpsest_operator.status import StageView, merge_patch
 from palimpsest_operator.storage import QUARANTINE_DIR, JobStorage
 from palimpsest_operator.trust import TrustPolicy
 
@@ -144,7 +147,18 @@ class Harness:
     def stage_uri(self, kind: str = "filter") -> str:
         return str(self.status["outputs"][kind])
 
-    def commit(self, shard: int, kind: str = "filter", kept: int = 1) -> None:
+    def finish_filter(self, kept: int = 1, uncounted: tuple[int, ...] = ()) -> None:
+        """Start the filter Job, commit its 3 shards (those in `uncounted` without card
+        statistics) and tick once more with the Job complete."""
+        self.tick()
+        (name,) = self.cluster.jobs
+        for shard in range(3):
+            self.commit(shard, kept=kept, card=shard not in uncounted)
+        self.cluster.progress(name, "0-2", finished="Complete")
+        self.tick()
+
+    def commit(self, shard: int, kind: str = "filter", kept: int = 1, card: bool = True) -> None:
+        """Commit a shard as a worker does (`card`: with the final stage's card statistics)."""
         uri = self.stage_uri(kind)
         out = ShardOutput(LocalStore(), uri, uri.rsplit("/", 1)[-1], shard)
         stats = Stats()
@@ -152,7 +166,8 @@ class Harness:
             out.write({"id": f"{shard}-{i}", "text": "x"})
             stats.keep()
         stats.reject("syntax_error")
-        assert out.commit(stats)
+        describe = describer(LocalStore(), parse_job(self.manifest)) if card else None
+        assert out.commit(stats, describe=describe)
 
 
 def apply_merge_patch(target: Any, patch: Any) -> Any:
@@ -578,3 +593,57 @@ def test_a_quarantined_shard_is_re_run_once_not_forever(tmp_path: Path) -> None:
     assert h.status["phase"] == c.FAILED and list(h.cluster.jobs) == [retry]
     assert h.status["retried"]["attempt"] == 1
     assert c.COND_MARKERS_QUARANTINED in conditions_of(h.status)
+
+
+def test_the_dataset_card_is_summed_over_ticks_after_the_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from palimpsest_operator import datacard
+
+    monkeypatch.setattr(datacard, "CHUNK_SHARDS", 1)
+    monkeypatch.setattr(datacard, "CHUNKS_PER_TICK", 2)
+    h = Harness(tmp_path)
+    h.finish_filter(kept=2, uncounted=(1,))
+    assert h.status["manifestUri"] and "cardUri" not in h.status
+    assert h.status["phase"] == c.FILTERING and h.status["card"]["next"] == 2
+    ready = {k["type"]: k for k in h.status["conditions"]}
+    assert ready[c.COND_PROGRESSING]["reason"] == c.REASON_WRITING_CARD
+    stray = Path(h.stage_uri()) / "output" / "shard-000001" / "dead" / "part-00000.jsonl.zst"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"")  # an attempt that died between its upload and its marker
+    h.tick()
+    assert h.status["phase"] == c.SUCCEEDED
+    card = Path(h.status["cardUri"])
+    assert card.parent == Path(h.status["manifestUri"]).parent.parent
+    ready = {k["type"]: k for k in h.status["conditions"]}
+    assert str(card) in ready[c.COND_READY]["message"]
+    body = card.read_text()
+    assert "- records: 4" in body and "| 9 | 6 | 3 | syntax_error 3 |" in body
+    assert "- tokens: 4 (counted with whitespace-separated words" in body
+    assert "1 shards are not in these figures: their markers carry no card statistics" in body
+    assert "1 objects beside the committed parts are left from attempts" in body
+    files = yaml.safe_load(body.split("---\n")[1])["configs"][0]["data_files"][0]["path"]
+    assert len(files) == 3 and not any("dead" in f or "*" in f for f in files)
+    assert all((card.parent / f).is_file() for f in files)
+    written = card.stat().st_mtime_ns
+    h.tick()  # nothing new: the card is not written again
+    assert card.stat().st_mtime_ns == written and h.status["phase"] == c.SUCCEEDED
+
+
+def test_a_tick_past_its_budget_leaves_the_card_to_the_next(tmp_path: Path) -> None:
+    from palimpsest_operator.datacard import CardPosition, write_card_step
+
+    h = Harness(tmp_path)
+    h.finish_filter()  # the card is written in the tick that finishes the stage...
+    document = read_document(LocalStore(), h.status["jobDocument"])
+    tally = Tally.empty(3)
+    advance(tally, local_storage(document.job, None), h.stage_uri(), range(3))
+    view = StageView("filter", document.stage_refs()[0].stage_id, h.stage_uri(), None, "", tally)
+    storage = local_storage(document.job, None)
+    # ...unless that tick's budget is spent: then not one chunk starts
+    assert write_card_step(storage, document, [view], CardPosition(), deadline=0.0) == (
+        CardPosition(),
+        None,
+    )
+    at, uri = write_card_step(storage, document, [view], CardPosition(), deadline=None)
+    assert (at.next, at.listed, at.listing_done) == (3, 3, True) and uri == h.status["cardUri"]

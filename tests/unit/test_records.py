@@ -84,10 +84,24 @@ def test_unknown_format_names_the_object() -> None:
         format_of("s3://b/data.csv")
 
 
-def test_parquet_refuses_fields_it_would_drop(tmp_path: Path) -> None:
-    writer = RecordWriter(STORE, str(tmp_path / "out.parquet"))
-    for i in range(1024):
-        writer.write({"id": i, "text": "x"})
-    writer.write({"id": -1, "text": "y", "late": True})
-    with pytest.raises(ValueError, match="late"):
-        writer.close()
+def test_parquet_takes_records_of_any_shape_in_one_schema(tmp_path: Path) -> None:
+    """A late field, a type that changes, integers that widen to floats, a lone surrogate and
+    an integer wider than 64 bits: every record is written, mixed fields as JSON text."""
+    records: list[dict[str, object]] = [{"id": i, "text": "x", "n": i} for i in range(1100)]
+    records += [
+        {"id": "s1", "text": "late", "late": True, "n": 0.5},
+        {"id": 2**70, "text": "bad \ud800 text", "late": [1, {"a": 2}]},
+        {"id": None, "text": "no n"},
+    ]
+    uri = str(tmp_path / "out.parquet")
+    writer = RecordWriter(STORE, uri)
+    for record in records:
+        writer.write(record)
+    assert writer.close() > 0
+    back = [raw.record for raw in read_parquet(STORE, uri)]
+    assert len(back) == len(records)
+    assert back[5] == {"id": "5", "text": "x", "n": 5.0, "late": None}
+    assert back[1100]["late"] == "true" and back[1100]["n"] == 0.5
+    assert json.loads(back[1101]["id"]) == 2**70 and back[1101]["text"] == "bad \\ud800 text"
+    assert json.loads(back[1101]["late"]) == [1, {"a": 2}]
+    assert back[1102] == {"id": None, "text": "no n", "n": None, "late": None}

@@ -100,7 +100,7 @@ def inputs(shard: int) -> Iterable[RawRecord]:
         yield RawRecord("mem", position, {"id": rid, "text": code(position)})
 
 
-def plans() -> list[StagePlan]:
+def plans(output_format: str = "jsonl") -> list[StagePlan]:
     engine = EngineSettings(type="openai", model="fake", base_url="http://unused/v1")
     job = Job(
         name="runner",
@@ -109,26 +109,29 @@ def plans() -> list[StagePlan]:
         input=InputSpec(uri="/in"),
         output_uri="/out",
         rewrite=RewriteSettings(engine=engine),
+        output_format=output_format,
     )
     document = JobDocument(job, "plan-1", "/out/_plans/plan-1.json", job_prompts(job))
-    return llm_plans(document, ("sgcr", "scor"))
+    return llm_plans(document, ("sgcr", "scor"), LocalStore())
 
 
-def run(engine: FakeEngine, output: str, checkpoint_records: int = 2) -> None:
+def run(
+    engine: FakeEngine, output: str, checkpoint_records: int = 2, output_format: str = "jsonl"
+) -> None:
     runner = RewriteRunner(
         engine,
         LocalStore(),
         output,
-        plans(),
+        plans(output_format),
         inputs,
         settings=RunnerSettings(checkpoint_records=checkpoint_records),
     )
     asyncio.run(runner.run([0, 1]))
 
 
-def committed_ids(output: str, kind: str) -> list[str]:
+def committed_ids(output: str, kind: str, output_format: str = "jsonl") -> list[str]:
     store = LocalStore()
-    (ref,) = [p.ref for p in plans() if p.ref.kind == kind]
+    (ref,) = [p.ref for p in plans(output_format) if p.ref.kind == kind]
     ids = []
     for shard in SHARDS:
         marker = read_marker(store, ref.uri(output), shard)
@@ -169,33 +172,45 @@ def test_stream_commits_each_stage_of_each_shard(tmp_path: Path) -> None:
         assert stats.gpus == 1
 
 
-def test_dead_engine_then_resume_without_regenerating(tmp_path: Path) -> None:
+@pytest.mark.parametrize("output_format", ["jsonl", "parquet"])
+def test_dead_engine_then_resume_without_regenerating(tmp_path: Path, output_format: str) -> None:
     output = str(tmp_path / "out")
     dying = FakeEngine(max_in_flight=2, die_after=9)
     with pytest.raises(EngineDeadError):
-        run(dying, output)
+        run(dying, output, output_format=output_format)
     store = LocalStore()
     saved = {}
-    for plan in plans():
+    for plan in plans(output_format):
         saved[plan.ref.kind] = sum(
             len(resume(load_checkpoints(store, plan.ref.uri(output), s)).done) for s in SHARDS
         )
-    assert saved["sgcr"] > 0
+    assert saved["sgcr"] > 0 and saved["scor"] > 0
     healthy = FakeEngine(max_in_flight=2)
-    run(healthy, output)
+    run(healthy, output, output_format=output_format)
     total = len(SHARDS[0]) + len(SHARDS[1])
     assert len(healthy.requests) == (total - saved["sgcr"]) + (total - saved["scor"])
     everything = sorted(SHARDS[0] + SHARDS[1])
-    assert committed_ids(output, "sgcr") == everything
-    assert committed_ids(output, "scor") == everything
-    # Tokens in the markers cover every record once, checkpointed ones included.
-    for plan in plans():
+    assert committed_ids(output, "sgcr", output_format) == everything
+    assert committed_ids(output, "scor", output_format) == everything
+    # Tokens in the markers cover every record once, checkpointed ones included; so do the
+    # final stage's card statistics, and its parts are in the job's output format.
+    texts = 0
+    for plan in plans(output_format):
         tokens = 0
         for shard in SHARDS:
             marker = read_marker(store, plan.ref.uri(output), shard)
             assert marker is not None
             tokens += marker.stats.prompt_tokens
+            if plan.ref.kind == "scor":
+                assert marker.card is not None and marker.card["records"] == marker.stats.kept
+                texts += marker.card["records"]
+                suffix = "parquet" if output_format == "parquet" else "jsonl.zst"
+                assert all(p.uri.endswith(suffix) for p in marker.parts["output"])
+                assert all(Path(p.uri).is_file() for ps in marker.parts.values() for p in ps)
+            else:
+                assert marker.card is None
         assert tokens == total * PROMPT_TOKENS
+    assert texts == total
 
 
 HOSTILE_IDS: list[object] = [None, 1.5, True, 1, "1", "x#1", "x", "x", [1, 2], {"a": 1}]

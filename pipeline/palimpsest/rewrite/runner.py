@@ -33,7 +33,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from palimpsest.commit import OUTPUT_KIND, REJECTS_KIND, ShardOutput, read_committed, read_marker
+from palimpsest.commit import (
+    OUTPUT_KIND,
+    PART_FORMAT,
+    REJECTS_KIND,
+    Describe,
+    ShardOutput,
+    read_committed,
+    read_marker,
+)
 from palimpsest.engines.base import Engine, EngineDeadError, GenerationResult
 from palimpsest.identity import StageRef
 from palimpsest.recordkeys import record_key
@@ -85,6 +93,10 @@ class StagePlan:
 
     ref: StageRef
     stage: RewriteStage
+    describe: Describe | None = None
+    """The dataset-card statistics its commits carry (the job's final stage only)."""
+    output_format: str = PART_FORMAT
+    """The suffix of its output parts (`spec.output.format` for the job's final stage)."""
 
 
 @dataclass
@@ -127,7 +139,9 @@ class _StageShard:
         self.shard = shard
         self.store = store
         self.stage_uri = plan.ref.uri(output_uri)
-        self.out = ShardOutput(store, self.stage_uri, plan.ref.stage_id, shard)
+        self.out = ShardOutput(
+            store, self.stage_uri, plan.ref.stage_id, shard, output_format=plan.output_format
+        )
         self.resumed = resumed
         self.saved = Stats()  # this attempt's checkpointed records
         self.chunk = Stats()  # records since the last checkpoint
@@ -207,7 +221,7 @@ class _StageShard:
         stats.seconds += engine_share[0]
         stats.engine_seconds += engine_share[1]
         stats.gpus = gpus
-        won = self.out.commit(stats, self.resumed.parts)
+        won = self.out.commit(stats, self.resumed.parts, self.plan.describe)
         self.committed = True
         return won, stats
 
