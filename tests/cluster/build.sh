@@ -178,22 +178,7 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdmain"
 )
 
-func build_kueue() {
-    if is_built "$KUEUE_DIR" kueue && [[ -f "$KUEUE_DIR/config/webhooks.yaml" ]]; then
-        log "kueue $KUEUE_VERSION cached in $KUEUE_DIR/bin"
-        return
-    fi
-    mkdir -p "$KUEUE_DIR/bin" "$KUEUE_DIR/config/crd"
-    local ldflags="-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
-    GOBIN="$KUEUE_DIR/bin" GOFLAGS="-modcacherw -buildvcs=false" timed "kueue $KUEUE_VERSION go install" \
-        go install -p "$JOBS" -trimpath -ldflags "$ldflags" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
-    local module="$GOMODCACHE/sigs.k8s.io/kueue@$KUEUE_VERSION"
-    cp "$module"/config/components/crd/bases/*.yaml "$KUEUE_DIR/config/crd/"
-    cp "$module/config/components/webhook/manifests.yaml" "$KUEUE_DIR/config/webhooks.yaml"
-    touch "$KUEUE_DIR/bin/.complete"
-}
-
-main() { etcdmain.Main(os.Args) }
+func main() { etcdmain.Main(os.Args) }
 EOF
     rm -f "$src/go.sum"
     local ldflags="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${ETCD_VERSION}"
