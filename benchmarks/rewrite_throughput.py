@@ -58,6 +58,7 @@ def settings(args: argparse.Namespace, model: str) -> EngineSettings:
         model=model,
         max_model_len=args.max_model_len,
         dtype="float32",
+        gpu_memory_utilization=args.gpu_memory_utilization,
         sampling=SamplingSettings(max_tokens=args.max_tokens, seed=SEED),
         max_in_flight=args.max_in_flight,
         engine_args={
@@ -85,7 +86,7 @@ async def raw_vllm(args: argparse.Namespace, model: str, texts: list[str]) -> di
             max_model_len=args.max_model_len,
             dtype="float32",
             enable_prefix_caching=True,
-            gpu_memory_utilization=0.9,
+            gpu_memory_utilization=args.gpu_memory_utilization,
             tensor_parallel_size=1,
             **engine_settings.engine_args,
         )

@@ -91,6 +91,7 @@ def engine_settings(args: argparse.Namespace, model: str) -> EngineSettings:
         model=model,
         max_model_len=args.max_model_len,
         dtype="float32",
+        gpu_memory_utilization=args.gpu_memory_utilization,
         sampling=SamplingSettings(max_tokens=max_tokens(args)),
         max_in_flight=args.max_in_flight,
         engine_args={
@@ -189,6 +190,7 @@ def published(args: argparse.Namespace, model: str, input_uri: str) -> dict[str,
         max_model_len=args.max_model_len,
         dtype="float32",
         enable_prefix_caching=True,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
         **settings.engine_args,
     )
     tokenizer = llm.get_tokenizer()

@@ -58,6 +58,7 @@ def job_for(args: argparse.Namespace, model: str, input_uri: str, output: str) -
         model=model,
         max_model_len=args.max_model_len,
         dtype="float32",
+        gpu_memory_utilization=args.gpu_memory_utilization,
         sampling=SamplingSettings(max_tokens=args.max_tokens),
         engine_args={"enforce_eager": True, "max_num_seqs": args.max_num_seqs},
         speculative=speculative,

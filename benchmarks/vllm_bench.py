@@ -26,10 +26,18 @@ def add_engine_arguments(
     max_num_seqs: int,
     max_in_flight: bool = True,
 ) -> None:
-    """--model, --max-model-len, --max-num-seqs and (optionally) --max-in-flight."""
+    """--model, --max-model-len, --max-num-seqs, --gpu-memory-utilization and (optionally)
+    --max-in-flight."""
     parser.add_argument("--model", default=None, help="model dir (default: make a tiny one)")
     parser.add_argument("--max-model-len", type=int, default=max_model_len)
     parser.add_argument("--max-num-seqs", type=int, default=max_num_seqs)
+    parser.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="share of memory the engine reserves; on the CPU build, of the machine's RAM, "
+        "which must be free at start (default 0.9, the engines' default)",
+    )
     if max_in_flight:
         parser.add_argument("--max-in-flight", type=int, default=None)
 
