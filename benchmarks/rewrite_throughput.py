@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from palimpsest.rewrite.runner import RewriteRunner  # noqa: E402
 from palimpsest.stagerun import llm_plans, shard_inputs  # noqa: E402
 from palimpsest.stages.registry import STAGES  # noqa: E402
 from palimpsest.storage import LocalStore  # noqa: E402
+from vllm_bench import add_engine_arguments, print_ratio, rate_line, tiny_model  # noqa: E402
 
 SEED = 1234
 WORDS = ["the", "value", "of", "x", "is", "found", "by", "one", "step", "and", "answer", "so"]
@@ -58,6 +58,7 @@ def settings(args: argparse.Namespace, model: str) -> EngineSettings:
         model=model,
         max_model_len=args.max_model_len,
         dtype="float32",
+        gpu_memory_utilization=args.gpu_memory_utilization,
         sampling=SamplingSettings(max_tokens=args.max_tokens, seed=SEED),
         max_in_flight=args.max_in_flight,
         engine_args={
@@ -85,7 +86,7 @@ async def raw_vllm(args: argparse.Namespace, model: str, texts: list[str]) -> di
             max_model_len=args.max_model_len,
             dtype="float32",
             enable_prefix_caching=True,
-            gpu_memory_utilization=0.9,
+            gpu_memory_utilization=args.gpu_memory_utilization,
             tensor_parallel_size=1,
             **engine_settings.engine_args,
         )
@@ -189,22 +190,11 @@ def summary(name: str, rounds: list[tuple[int, float]], cold_start: float) -> di
     }
 
 
-def tiny_model(out_dir: Path) -> str:
-    script = REPO / "tests" / "vllm" / "tiny_model.py"
-    subprocess.run(
-        [sys.executable, str(script), str(out_dir), "--seed", "0"], check=True, capture_output=True
-    )
-    return str(out_dir)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model dir (default: make a tiny one)")
+    add_engine_arguments(parser, max_model_len=2048, max_num_seqs=32)
     parser.add_argument("--records", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--max-model-len", type=int, default=2048)
-    parser.add_argument("--max-num-seqs", type=int, default=32)
-    parser.add_argument("--max-in-flight", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     texts = documents(args.records)
@@ -215,11 +205,10 @@ def main() -> int:
     ratio = ours["tokens_per_second"] / raw["tokens_per_second"]
     for side in (raw, ours):
         print(
-            f"{side['name']:>16}: {side['tokens_per_second']:8.1f} generated tokens/s "
-            f"({side['generated_tokens']} tokens in {side['seconds']} s; rounds "
+            f"{rate_line(side, 16)}; rounds "
             f"{side['all_rounds_tokens_per_second']}; cold start {side['cold_start_seconds']} s)"
         )
-    print(f"{'ratio':>16}: {ratio:.3f} (target >= 0.9)")
+    print_ratio("ratio", ratio, "target >= 0.9", 16)
     print(json.dumps({"raw": raw, "ours": ours, "ratio": round(ratio, 3)}))
     return 0
 

@@ -37,7 +37,6 @@ import json
 import math
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,6 +65,16 @@ from palimpsest.rewrite.runner import RewriteRunner  # noqa: E402
 from palimpsest.stagerun import llm_plans, shard_inputs  # noqa: E402
 from palimpsest.stages.llm import RewriteStage  # noqa: E402
 from palimpsest.storage import LocalStore  # noqa: E402
+from vllm_bench import (  # noqa: E402
+    add_engine_arguments,
+    add_side_arguments,
+    machine_state,
+    print_machine,
+    print_ratio,
+    rate_line,
+    side_process,
+    tiny_model,
+)
 
 PROCESSOR = "answer_lengths:ForcedAnswers"
 STAGES = ("sgcr", "scor")
@@ -82,6 +91,7 @@ def engine_settings(args: argparse.Namespace, model: str) -> EngineSettings:
         model=model,
         max_model_len=args.max_model_len,
         dtype="float32",
+        gpu_memory_utilization=args.gpu_memory_utilization,
         sampling=SamplingSettings(max_tokens=max_tokens(args)),
         max_in_flight=args.max_in_flight,
         engine_args={
@@ -180,6 +190,7 @@ def published(args: argparse.Namespace, model: str, input_uri: str) -> dict[str,
         max_model_len=args.max_model_len,
         dtype="float32",
         enable_prefix_caching=True,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
         **settings.engine_args,
     )
     tokenizer = llm.get_tokenizer()
@@ -297,20 +308,6 @@ def run_side(
     return result
 
 
-def side_process(
-    script: str, which: str, model: str, input_uri: str, work: Path, env: dict[str, str]
-) -> dict[str, Any]:
-    """Run one side of a benchmark script in its own process; its last stdout line is JSON."""
-    command = [sys.executable, script, *sys.argv[1:], "--side", which, "--model", model]
-    command += ["--input", input_uri, "--work", str(work / which)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr[-4000:])
-        raise SystemExit(f"the {which} side failed (exit {done.returncode})")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 def batch_fill(steps: Path, begun: float, ended: float, max_num_seqs: int) -> dict[str, Any]:
     """Engine steps in the timed window and how full they were."""
     rows = []
@@ -326,45 +323,6 @@ def batch_fill(steps: Path, begun: float, ended: float, max_num_seqs: int) -> di
         "mean_running": round(sum(rows) / len(rows), 2),
         "slot_idle_fraction": round(1 - fill, 3),
     }
-
-
-def machine_state() -> dict[str, Any]:
-    """Load averages and the busiest other processes (by CPU over one second)."""
-    import psutil
-
-    mine = {os.getpid()}
-    processes = list(psutil.process_iter(["name", "cmdline"]))
-    for process in processes:
-        try:
-            process.cpu_percent(None)
-        except psutil.Error:
-            continue
-    time.sleep(1.0)
-    busy = []
-    for process in processes:
-        try:
-            percent = process.cpu_percent(None)
-        except psutil.Error:
-            continue
-        if percent >= 10 and process.pid not in mine:
-            busy.append((percent, process.info["name"]))
-    busy.sort(reverse=True)
-    load = os.getloadavg()
-    cores = os.cpu_count() or 1
-    return {
-        "load_average": [round(x, 2) for x in load],
-        "cores": cores,
-        "quiet": load[0] < 0.5 * cores and not busy,
-        "busy_processes": [f"{name} {percent:.0f}%" for percent, name in busy[:6]],
-    }
-
-
-def tiny_model(out_dir: Path) -> str:
-    script = REPO / "tests" / "vllm" / "tiny_model.py"
-    subprocess.run(
-        [sys.executable, str(script), str(out_dir), "--seed", "0"], check=True, capture_output=True
-    )
-    return str(out_dir)
 
 
 def report(
@@ -384,40 +342,25 @@ def report(
     for result in results.values():
         batch = result["batch"]
         print(
-            f"{result['name']:>26}: {result['tokens_per_second']:8.1f} generated tokens/s "
-            f"({result['generated_tokens']} tokens in {result['seconds']} s; kept "
+            f"{rate_line(result, 26)}; kept "
             f"{result['kept']}; slot idle {batch.get('slot_idle_fraction')}, "
             f"{batch.get('mean_running')} running per step over {batch['steps']} steps)"
         )
     ratio = results["ours"]["tokens_per_second"] / results["published"]["tokens_per_second"]
-    print(f"{'ratio ours / published':>26}: {ratio:.3f} (goal >= 1.3)")
+    print_ratio("ratio ours / published", ratio, "goal >= 1.3", 26)
     print_machine(before, after, 26)
     print(json.dumps({**results, "ratio": round(ratio, 3), "machine": [before, after]}))
 
 
-def print_machine(before: dict[str, Any], after: dict[str, Any], width: int) -> None:
-    for label, state in (("before", before), ("after", after)):
-        print(
-            f"{'machine ' + label:>{width}}: load {state['load_average']} on {state['cores']} "
-            f"cores, {'quiet' if state['quiet'] else 'NOT quiet'}; busy: "
-            f"{', '.join(state['busy_processes']) or 'none'}"
-        )
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model dir (default: make a tiny one)")
+    add_engine_arguments(parser, max_model_len=4096, max_num_seqs=16)
     parser.add_argument("--records", type=int, default=256)
     parser.add_argument("--records-per-shard", type=int, default=64)
     parser.add_argument("--scale", type=int, default=8, help="published lengths divided by")
     parser.add_argument("--sigma", type=float, default=0.9, help="lognormal sigma of lengths")
-    parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--max-num-seqs", type=int, default=16)
-    parser.add_argument("--max-in-flight", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="seeds the input records")
-    parser.add_argument("--side", choices=("published", "ours"), help=argparse.SUPPRESS)
-    parser.add_argument("--input", help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
+    add_side_arguments(parser, ("published", "ours"))
     return parser.parse_args()
 
 

@@ -30,20 +30,13 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import vllm_bench  # noqa: E402
 from answer_lengths import code_line  # noqa: E402
 from palimpsest.engines import EngineSettings, SamplingSettings  # noqa: E402
 from palimpsest.engines.settings import SpeculativeSettings  # noqa: E402
 from palimpsest.job import InputSpec, Job, RewriteSettings  # noqa: E402
 from palimpsest.plan import PlanSettings  # noqa: E402
-from rewrite_vs_published import (  # noqa: E402
-    REPO,
-    machine_state,
-    print_machine,
-    run_worker,
-    side_process,
-    tiny_model,
-    write_input,
-)
+from rewrite_vs_published import REPO, run_worker, write_input  # noqa: E402
 
 SPEC_COUNTERS = {
     "vllm:spec_decode_num_drafts": "drafts",
@@ -65,6 +58,7 @@ def job_for(args: argparse.Namespace, model: str, input_uri: str, output: str) -
         model=model,
         max_model_len=args.max_model_len,
         dtype="float32",
+        gpu_memory_utilization=args.gpu_memory_utilization,
         sampling=SamplingSettings(max_tokens=args.max_tokens),
         engine_args={"enforce_eager": True, "max_num_seqs": args.max_num_seqs},
         speculative=speculative,
@@ -95,7 +89,7 @@ async def one_side(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_side(args: argparse.Namespace, which: str, model: str, input_uri: str, work: Path) -> Any:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO / "pipeline")])}
-    return side_process(__file__, which, model, input_uri, work, env)
+    return vllm_bench.side_process(__file__, which, model, input_uri, work, env)
 
 
 def report(results: dict[str, Any], before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -104,34 +98,31 @@ def report(results: dict[str, Any], before: dict[str, Any], after: dict[str, Any
         accepted = spec["accepted_tokens"] / spec["draft_tokens"] if spec["draft_tokens"] else None
         result["acceptance_rate"] = None if accepted is None else round(accepted, 3)
         print(
-            f"{result['name']:>12}: {result['tokens_per_second']:8.1f} generated tokens/s "
-            f"({result['generated_tokens']} tokens in {result['seconds']} s); drafted "
+            f"{vllm_bench.rate_line(result, 12)}); drafted "
             f"{spec['draft_tokens']}, accepted {spec['accepted_tokens']} "
             f"(rate {result['acceptance_rate']})"
         )
     ratio = results["ngram"]["tokens_per_second"] / results["plain"]["tokens_per_second"]
-    print(f"{'ratio':>12}: {ratio:.3f} (ngram / plain)")
-    print_machine(before, after, 12)
+    vllm_bench.print_ratio("ratio", ratio, "ngram / plain", 12)
+    vllm_bench.print_machine(before, after, 12)
     print(json.dumps({**results, "ratio": round(ratio, 3), "machine": [before, after]}))
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model dir (default: make a tiny one)")
+    vllm_bench.add_engine_arguments(
+        parser, max_model_len=4096, max_num_seqs=16, max_in_flight=False
+    )
     parser.add_argument("--records", type=int, default=64)
     parser.add_argument("--records-per-shard", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=96)
-    parser.add_argument("--max-model-len", type=int, default=4096)
-    parser.add_argument("--max-num-seqs", type=int, default=16)
     parser.add_argument("--num-speculative-tokens", type=int, default=4)
     parser.add_argument("--prompt-lookup-max", type=int, default=4)
     parser.add_argument("--prompt-lookup-min", type=int, default=1)
     parser.add_argument("--scale", type=int, default=8, help="input lengths: 836 / scale tokens")
     parser.add_argument("--sigma", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--side", choices=("plain", "ngram"), help=argparse.SUPPRESS)
-    parser.add_argument("--input", help=argparse.SUPPRESS)
-    parser.add_argument("--work", help=argparse.SUPPRESS)
+    vllm_bench.add_side_arguments(parser, ("plain", "ngram"))
     return parser.parse_args()
 
 
@@ -140,16 +131,16 @@ def main() -> int:
     if args.side is not None:
         print(json.dumps(asyncio.run(one_side(args))))
         return 0
-    before = machine_state()
+    before = vllm_bench.machine_state()
     with tempfile.TemporaryDirectory(prefix="palimpsest-bench-") as tmp:
         work = Path(tmp)
-        model = args.model or tiny_model(work / "model")
+        model = args.model or vllm_bench.tiny_model(work / "model")
         from transformers import AutoTokenizer
 
         tokens_per_line = len(AutoTokenizer.from_pretrained(model).encode(code_line(1234)))
         input_uri = write_input(args, work / "in", tokens_per_line)
         results = {w: run_side(args, w, model, input_uri, work) for w in ("plain", "ngram")}
-    report(results, before, machine_state())
+    report(results, before, vllm_bench.machine_state())
     return 0
 
 

@@ -1,0 +1,54 @@
+"""The shared flags and printed lines of the vLLM benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("vllm_bench", BENCH / "vllm_bench.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RESULT = {"name": "ours", "tokens_per_second": 123.456, "generated_tokens": 640, "seconds": 5.2}
+
+
+def test_a_rate_line_names_the_side_right_aligned_with_its_rate(bench: ModuleType) -> None:
+    assert (
+        bench.rate_line(RESULT, 8) == "    ours:    123.5 generated tokens/s (640 tokens in 5.2 s"
+    )
+
+
+def test_a_ratio_line_has_three_decimals_and_its_note(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench.print_ratio("ratio", 1.23456, "goal >= 1.3", 8)
+    assert capsys.readouterr().out == "   ratio: 1.235 (goal >= 1.3)\n"
+
+
+@pytest.mark.parametrize("in_flight", [True, False])
+def test_engine_arguments_take_each_benchmarks_defaults(bench: ModuleType, in_flight: bool) -> None:
+    parser = argparse.ArgumentParser()
+    bench.add_engine_arguments(parser, max_model_len=2048, max_num_seqs=32, max_in_flight=in_flight)
+    bench.add_side_arguments(parser, ("plain", "ngram"))
+    args = parser.parse_args(["--max-num-seqs", "4", "--side", "ngram"])
+    assert (args.model, args.max_model_len, args.max_num_seqs, args.side) == (
+        None,
+        2048,
+        4,
+        "ngram",
+    )
+    assert hasattr(args, "max_in_flight") == in_flight
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--side", "other"])
