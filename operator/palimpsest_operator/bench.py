@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import cache
 from typing import Any
 
 from palimpsest.cardstats import count_texts
@@ -101,8 +102,11 @@ def bench_job(output_uri: str) -> Job:
     )
 
 
-# A final stage's card statistics of 6,000 texts of varied length, as workers write them.
-BENCH_CARD = count_texts((" x" * (1 + i * 37 % 4000) for i in range(6_000)), len, "chars").to_dict()
+@cache
+def bench_card() -> dict[str, Any]:
+    """A final stage's card statistics of 6,000 texts of varied length, as workers write them."""
+    texts = (" x" * (1 + i * 37 % 4000) for i in range(6_000))
+    return count_texts(texts, len, "chars").to_dict()
 
 
 def bench_marker(stage_uri: str, shard: int, parts: int) -> bytes:
@@ -115,7 +119,7 @@ def bench_marker(stage_uri: str, shard: int, parts: int) -> bytes:
     ]
     body = {OUTPUT_KIND: listed} if parts else {}
     stage_id = stage_uri.rsplit("/", 1)[-1]
-    return Marker(shard, "bench", stage_id, body, stats, "t", BENCH_CARD).to_json()
+    return Marker(shard, "bench", stage_id, body, stats, "t", bench_card()).to_json()
 
 
 def write_markers(stage_uri: str, shards: range, parts: int = 0) -> None:
