@@ -233,13 +233,14 @@ def _write_service_account_keys(directory: Path) -> tuple[Path, Path]:
 def generate(directory: Path) -> ClusterPki:
     """Write a CA, the API server and kubelet serving certs, client certs and SA keys."""
     directory.mkdir(parents=True, exist_ok=True)
+    serving_names = _serving_names()  # the same names for every serving certificate
     ca_cert, ca_key, ca = _make_ca(directory, "ca", "palimpsest-test-cluster-ca")
     apiserver = _issue(
         ca_cert,
         ca_key,
         _name("kube-apiserver"),
         ExtendedKeyUsageOID.SERVER_AUTH,
-        _serving_names(),
+        serving_names,
         KeyPair(directory / "apiserver.crt", directory / "apiserver.key"),
     )
     kubelet_serving = _issue(
@@ -247,7 +248,7 @@ def generate(directory: Path) -> ClusterPki:
         ca_key,
         _name("palimpsest-test-kubelet"),
         ExtendedKeyUsageOID.SERVER_AUTH,
-        _serving_names(),
+        serving_names,
         KeyPair(directory / "kubelet-serving.crt", directory / "kubelet-serving.key"),
     )
     kueue_serving = _issue(
@@ -255,7 +256,7 @@ def generate(directory: Path) -> ClusterPki:
         ca_key,
         _name("palimpsest-test-kueue"),
         ExtendedKeyUsageOID.SERVER_AUTH,
-        _serving_names(),
+        serving_names,
         KeyPair(directory / "kueue-serving.crt", directory / "kueue-serving.key"),
     )
     clients = {
