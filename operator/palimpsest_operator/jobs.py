@@ -37,7 +37,9 @@ MAX_REWRITE_INDEXES: Final = 1000
 a block of shards."""
 
 SHM_SIZE: Final = "16Gi"
-"""Size cap of the memory-backed /dev/shm for tensor-parallel pods (NCCL's shared memory)."""
+"""Size cap of the memory-backed /dev/shm of vLLM pods. vLLM's engine reaches its workers
+through a shared-memory ring buffer (160 MiB) even on one GPU, more than the 64 MiB /dev/shm
+container runtimes give by default; NCCL uses it between tensor-parallel GPUs too."""
 
 TMP_SIZE: Final = "20Gi"
 """Size cap of the /tmp emptyDir: record parts are written there before upload."""
@@ -280,7 +282,7 @@ def _llm_parts(work: StageJob, pod: PodParts) -> None:
             overrides["HF_HUB_OFFLINE"] = "1"
         pod.env = [e for e in pod.env if e["name"] not in overrides]
         pod.env += [{"name": k, "value": v} for k, v in overrides.items()]
-    if pod.gpus > 1:
+    if engine.type == "vllm":
         pod.volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}})
         pod.mounts.append({"name": "shm", "mountPath": c.SHM_MOUNT})
 

@@ -19,24 +19,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from palimpsest.commit import OUTPUT_KIND, CorruptMarkerError, Marker
+from palimpsest.commit import OUTPUT_KIND, CorruptMarkerError
 from palimpsest.identity import StageRef
 from palimpsest.names import MANIFESTS_DIR
 from palimpsest.storage import join
-from palimpsest_operator.progress import MARKER_READ_THREADS
+from palimpsest_operator.progress import Clock, OrderedReads
 from palimpsest_operator.storage import JobStorage
 
 LIST_SHARDS = 1000
 """Shards per part list: at 40 parts a shard, a list is ~5 MB of JSON, built in memory."""
 LISTS_PER_TICK = 20
 """Most part lists one tick writes, also when its deadline would allow more."""
-
-Clock = Callable[[], float]
 
 
 def manifest_uri(output_uri: str, last: StageRef) -> str:
@@ -97,7 +93,7 @@ def write_manifest_step(
     manifest's URI once the last list and the manifest itself are written (None while more
     ticks are needed). The first marker of a step is read whatever the clock says, so every
     tick moves on."""
-    reads = _Reads(storage, last.uri(output_uri), progress.next, deadline, clock)
+    reads = OrderedReads(storage, last.uri(output_uri), progress.next, deadline, clock)
     for _ in range(LISTS_PER_TICK):
         if progress.next >= shards:
             break
@@ -126,7 +122,7 @@ def _write_list(
     last: StageRef,
     shards: int,
     progress: ManifestProgress,
-    reads: _Reads,
+    reads: OrderedReads,
 ) -> tuple[ManifestProgress, bool]:
     """Write the list that starts at `progress.next`; True when the deadline cut it short."""
     first = progress.next
@@ -158,37 +154,3 @@ def _write_list(
         ),
         cut,
     )
-
-
-@dataclass(frozen=True)
-class _Reads:
-    """Marker reads of one manifest step: none starts after `deadline` on `clock`, except the
-    read of shard `first`, the step's first."""
-
-    storage: JobStorage
-    stage_uri: str
-    first: int
-    deadline: float | None
-    clock: Clock
-
-    def markers(self, shards: Sequence[int]) -> Iterator[Marker | CorruptMarkerError | None]:
-        """The markers of `shards` in order, up to the first read too late to start; None
-        where a shard has no marker."""
-        with ThreadPoolExecutor(MARKER_READ_THREADS) as pool:
-            for result in pool.map(self.read, shards):
-                if isinstance(result, _Late):
-                    return
-                yield result
-
-    def read(self, shard: int) -> Marker | CorruptMarkerError | _Late | None:
-        late = self.deadline is not None and self.clock() > self.deadline
-        if late and shard != self.first:
-            return _Late()
-        try:
-            return self.storage.read_marker(self.stage_uri, shard)
-        except CorruptMarkerError as exc:
-            return exc
-
-
-class _Late:
-    """A marker read that was not started: the tick's deadline had passed."""

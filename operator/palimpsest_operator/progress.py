@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -170,6 +170,45 @@ def read_markers(
         return
     with ThreadPoolExecutor(MARKER_READ_THREADS) as pool:
         yield from pool.map(read, shards)
+
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class OrderedReads:
+    """Marker reads of one step of a tick (the manifest's lists, the card's chunks), in shard
+    order: none starts after `deadline` on `clock`, except the read of shard `first`, the
+    step's first, so every tick moves on. Reads run on a few threads, so at most that many
+    finish after the deadline."""
+
+    source: MarkerSource
+    stage_uri: str
+    first: int
+    deadline: float | None
+    clock: Clock = time.monotonic
+
+    def markers(self, shards: Sequence[int]) -> Iterator[Marker | CorruptMarkerError | None]:
+        """The markers of `shards` in order, up to the first read too late to start; None
+        where a shard has no marker."""
+        with ThreadPoolExecutor(MARKER_READ_THREADS) as pool:
+            for result in pool.map(self._read, shards):
+                if isinstance(result, _Late):
+                    return
+                yield result
+
+    def _read(self, shard: int) -> Marker | CorruptMarkerError | _Late | None:
+        late = self.deadline is not None and self.clock() > self.deadline
+        if late and shard != self.first:
+            return _Late()
+        try:
+            return self.source.read_marker(self.stage_uri, shard)
+        except CorruptMarkerError as exc:
+            return exc
+
+
+class _Late:
+    """A marker read that was not started: the tick's deadline had passed."""
 
 
 def parse_indexes(text: str | None) -> list[int]:

@@ -126,9 +126,8 @@ def publish_marker(store: Store, marker: Marker, stage_uri: str) -> Marker:
 
 def read_marker(store: Store, stage_uri: str, shard: int) -> Marker | None:
     uri = marker_uri(stage_uri, shard)
-    if not store.exists(uri):
-        return None
-    return _parse_marker(uri, store.read_bytes(uri), shard)
+    data = store.read_if_exists(uri)
+    return None if data is None else _parse_marker(uri, data, shard)
 
 
 class CorruptMarkerError(StorageError):

@@ -111,6 +111,10 @@ class Store(Protocol):
 
     def read_bytes(self, uri: str) -> bytes: ...
 
+    def read_if_exists(self, uri: str) -> bytes | None:
+        """The object's bytes, or None when there is none: one request, not a HEAD and a GET."""
+        ...
+
     def exists(self, uri: str) -> bool: ...
 
     def put_bytes(self, uri: str, data: bytes, *, if_absent: bool = False) -> bool: ...
@@ -160,6 +164,14 @@ class LocalStore:
     def read_bytes(self, uri: str) -> bytes:
         try:
             return Path(uri).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read {uri}: {exc}") from exc
+
+    def read_if_exists(self, uri: str) -> bytes | None:
+        try:
+            return Path(uri).read_bytes()
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             raise StorageError(f"cannot read {uri}: {exc}") from exc
 
@@ -313,12 +325,22 @@ class S3Store:
             except (BotoCoreError, OSError) as exc:
                 raise StorageError(f"cannot read {uri}: {exc}") from exc
 
+    def read_if_exists(self, uri: str) -> bytes | None:
+        try:
+            return self.read_bytes(uri)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, self._client.exceptions.ClientError) and _not_found(
+                exc.__cause__
+            ):
+                return None
+            raise
+
     def exists(self, uri: str) -> bool:
         bucket, key = split_s3(uri)
         try:
             self._client.head_object(Bucket=bucket, Key=key)
         except self._client.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+            if _not_found(exc):
                 return False
             raise StorageError(f"cannot stat {uri}: {exc}") from exc
         except BotoCoreError as exc:
@@ -378,9 +400,14 @@ def create_object(store: Store, uri: str, data: bytes) -> bytes | None:
 
 def _read_if_there(store: Store, uri: str) -> bytes | None:
     try:
-        return store.read_bytes(uri) if store.exists(uri) else None
+        return store.read_if_exists(uri)
     except StorageError:
         return None
+
+
+def _not_found(exc: Any) -> bool:
+    """Whether an S3 client error says the object does not exist (HEAD says 404, GET NoSuchKey)."""
+    return exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}
 
 
 _S3_STORES: dict[S3Settings, S3Store] = {}

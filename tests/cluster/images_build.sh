@@ -11,6 +11,12 @@
 #   ~/.cache/palimpsest/images-<hash of the image inputs>/<image>.tar
 # Build times go to ~/.cache/palimpsest/build-times.log.
 #
+# The rewrite image's CPU flavour, `rewrite-cpu` (tests only: there is no GPU here), is
+# images/rewrite/Dockerfile built on a local base holding the CPU build of vLLM
+# (tests/cluster/vllm-cpu-base.Containerfile, from tests/vllm/build_env.sh's env) instead of
+# vllm/vllm-openai. That base is ~6 GB, so it stays in podman's store, tagged with the hash
+# of its inputs, and is made once; only older archives of the flavour are removed.
+#
 # Usage: tests/cluster/images_build.sh [image ...]   (default: operator filter)
 #        tests/cluster/images_build.sh --print-podman   (the podman command line it uses)
 # Environment: PALIMPSEST_CACHE (default ~/.cache/palimpsest), DEBIAN_MIRROR, HOST_CA_BUNDLE
@@ -22,6 +28,7 @@ CACHE="${PALIMPSEST_CACHE:-$HOME/.cache/palimpsest}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 HOST_CA="${HOST_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 BASE_NAME="docker.io/library/python:3.11.14-slim-bookworm"
+VLLM_CPU_BASE="localhost/palimpsest/vllm-cpu-base"
 BASE_PACKAGES="python3,python3.11,python3.11-venv,python3-distutils,python3-lib2to3,python3-pip-whl,python3-setuptools-whl,python-is-python3,ca-certificates"
 VERSION="$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -1)"
 # A storage of the project's own: the machine's default one may use another driver.
@@ -52,6 +59,26 @@ base_image() {
   fi
 }
 
+# The base of the rewrite-cpu flavour (built once per vLLM env and Containerfile); its tag.
+vllm_cpu_base() {
+  local env key tag start containerfile="$REPO/tests/cluster/vllm-cpu-base.Containerfile"
+  env="$(bash "$REPO/tests/vllm/build_env.sh" 2> "$CACHE/vllm-env.log" | tail -n 1)"
+  key="$(cat "$containerfile" "$env/.palimpsest-built" | sha256sum | cut -c1-12)"
+  tag="$VLLM_CPU_BASE:$key"
+  if ! "${PODMAN[@]}" image exists "$tag"; then
+    base_image
+    start=$SECONDS
+    "${PODMAN[@]}" build --pull=never --network host -f "$containerfile" \
+      -v "$env/lib/python3.11/site-packages:/vllm-site:ro" -t "$tag" "$REPO/tests/cluster" \
+      > "$CACHE/vllm-cpu-base.build.log" 2>&1
+    log_time vllm-cpu-base build $((SECONDS - start))
+    # Older bases (several GB each) go; their layers with the last image built on them.
+    "${PODMAN[@]}" images --format '{{.Repository}}:{{.Tag}}' | grep "^$VLLM_CPU_BASE:" \
+      | grep -v ":$key\$" | xargs -r "${PODMAN[@]}" rmi > /dev/null || true
+  fi
+  echo "$tag"
+}
+
 inputs_hash() {
   (cd "$REPO" && git ls-files -s -- pyproject.toml README.md pipeline operator prompts "images/$1" \
     && git diff HEAD -- pyproject.toml README.md pipeline operator prompts "images/$1") \
@@ -59,24 +86,38 @@ inputs_hash() {
 }
 
 build_image() {
-  local image="$1" tag dir start
+  local image="$1" tag dir start dockerfile base_args=()
   tag="ghcr.io/palimpsest-dev/palimpsest-$image:$VERSION"
-  dir="$CACHE/images-$(inputs_hash "$image")"
+  dockerfile="$REPO/images/$image/Dockerfile"
+  if [ "$image" = rewrite-cpu ]; then
+    local base
+    base="$(vllm_cpu_base)"
+    tag="ghcr.io/palimpsest-dev/palimpsest-rewrite:$VERSION-cpu"
+    dockerfile="$REPO/images/rewrite/Dockerfile"
+    base_args=(--build-arg "BASE_IMAGE=$base")
+    dir="$CACHE/images-$( (inputs_hash rewrite; echo "$base") | sha256sum | cut -c1-12)"
+  else
+    dir="$CACHE/images-$(inputs_hash "$image")"
+  fi
   mkdir -p "$dir"
   if [ -f "$dir/$image.tar" ]; then
-    "${PODMAN[@]}" load -q -i "$dir/$image.tar" > /dev/null
+    # rewrite-cpu is only ever imported into the node: several GB not worth loading here.
+    [ "$image" = rewrite-cpu ] || "${PODMAN[@]}" load -q -i "$dir/$image.tar" > /dev/null
   else
     base_image
     start=$SECONDS
     # The host's CA bundle (this network's TLS proxy) for pip, mounted for RUN steps only:
     # nothing of it stays in the image.
     printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$dir/pip.conf"
-    "${PODMAN[@]}" build --pull=never --network host -f "$REPO/images/$image/Dockerfile" \
+    "${PODMAN[@]}" build --pull=never --network host -f "$dockerfile" "${base_args[@]}" \
       -v "$HOST_CA:/etc/ssl/certs/ca-certificates.crt:ro" -v "$dir/pip.conf:/etc/pip.conf:ro" \
       -t "$tag" "$REPO" > "$dir/$image.build.log" 2>&1
     log_time "$image" build $((SECONDS - start))
     "${PODMAN[@]}" save --format oci-archive -o "$dir/$image.tar.part" "$tag"
     mv "$dir/$image.tar.part" "$dir/$image.tar"
+    if [ "$image" = rewrite-cpu ]; then  # several GB each: keep only the newest
+      find "$CACHE" -maxdepth 2 -path "$CACHE/images-*/$image.tar" ! -path "$dir/*" -delete
+    fi
     "${PODMAN[@]}" image prune -f > /dev/null  # the build stage's dangling image
   fi
   echo "$tag $dir/$image.tar"

@@ -45,6 +45,7 @@ TAINT = {"key": "palimpsest.dev/node", "value": "containerd", "effect": "NoSched
 """Keeps every pod that does not ask for this node (by tolerating it) on the test kubelet."""
 TOLERATION = {"key": TAINT["key"], "operator": "Equal", "value": TAINT["value"]}
 PAUSE_IMAGE = "localhost/palimpsest/pause:1"
+OCI_REF_NAME = "org.opencontainers.image.ref.name"
 """The sandbox image: a static binary that waits for a signal, built here (nothing is pulled)."""
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
@@ -344,10 +345,26 @@ def ctr(layout: NodeLayout, *args: str, timeout: float = 300) -> subprocess.Comp
 
 
 def import_image(layout: NodeLayout, archive: Path) -> None:
-    """Load an OCI archive into the node's containerd (the images the kubelet can run)."""
-    result = ctr(layout, "images", "import", str(archive))
+    """Load an OCI archive into the node's containerd (the images the kubelet can run), unless
+    the node holds its image already: the same manifest digest under a running cluster."""
+    listed = ctr(layout, "images", "ls").stdout.splitlines()[1:]
+    held = {f"{row[0]}@{row[2]}" for row in (line.split() for line in listed) if len(row) > 2}
+    if _archive_digests(archive) <= held:
+        return
+    result = ctr(layout, "images", "import", str(archive), timeout=900)
     if result.returncode != 0:
         raise RuntimeError(f"ctr images import {archive}: {result.stderr.strip()}")
+
+
+def _archive_digests(archive: Path) -> set[str]:
+    """The names with digests (`name@sha256:...`) of the images an OCI archive holds."""
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        index = json.load(member) if member else {"manifests": []}
+    names = [m.get("annotations", {}).get(OCI_REF_NAME) for m in index["manifests"]]
+    if not names or None in names:
+        return {f"unnamed@{archive}"}  # never held: imported
+    return {f"{n}@{m['digest']}" for n, m in zip(names, index["manifests"], strict=True)}
 
 
 def _cgroup_dirs() -> list[Path]:

@@ -185,6 +185,9 @@ class VolumeBuilder:
         return path
 
 
+SHM = "/dev/shm"
+
+
 def container_mounts(container: V1Container, volumes: Mapping[str, Path]) -> list[tuple[str, Path]]:
     """(mount path, local directory) pairs for a container, subPaths resolved."""
     mounts = []
@@ -201,8 +204,11 @@ def container_mounts(container: V1Container, volumes: Mapping[str, Path]) -> lis
 
 
 def rewriter(mounts: list[tuple[str, Path]]) -> Callable[[str], str]:
-    """Replaces mount paths (as whole path prefixes) with their local directories, in one pass."""
-    table = {path: str(local) for path, local in mounts if path != "/"}
+    """Replaces mount paths (as whole path prefixes) with their local directories, in one pass.
+    /dev/shm stays: a process has the host's, which shared memory always uses (Python's
+    SharedMemory, vLLM's ring buffer), and a UNIX socket path under a pod's folder would pass
+    the 108-byte limit."""
+    table = {path: str(local) for path, local in mounts if path not in ("/", SHM)}
     if not table:
         return lambda text: text
     alternatives = "|".join(re.escape(path) for path in sorted(table, key=len, reverse=True))

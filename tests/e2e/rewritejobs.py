@@ -17,6 +17,7 @@ import yaml
 from tests.cluster.fixtures import Cluster
 from tests.support.openai_server import Reply
 from tests.support.s3server import free_port
+from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = REPO / "manifests" / "crd" / "rewritejobs.palimpsest.dev.yaml"
@@ -193,6 +194,19 @@ def jobs(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
     return items
 
 
+def failed_pod_logs(cluster: Cluster, namespace: str, tail: int = 40) -> str:
+    """The last log lines of every failed pod of `namespace`: what a failed run's assertion
+    shows, as the namespace is deleted after the test."""
+    pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
+    out = []
+    for pod in pods["items"]:
+        if pod["status"].get("phase") == "Failed":
+            name = pod["metadata"]["name"]
+            logs = cluster.kubectl("logs", name, "-n", namespace, f"--tail={tail}", check=False)
+            out.append(f"--- {name}\n{logs.stdout}{logs.stderr}")
+    return "\n".join(out)
+
+
 def marker_totals(stage_uri: str) -> dict[str, int]:
     """Sums of the markers' stats of one stage, read straight from S3."""
     bucket, _, key = stage_uri.removeprefix("s3://").partition("/")
@@ -224,6 +238,74 @@ def assert_status_matches_markers(status: dict[str, Any]) -> None:
     assert status["tokens"]["generated"] == sum(
         marker_totals(s["uri"])["generated"] for s in status["stages"]
     )
+
+
+EVICTED_RECORDS = 600
+"""Enough that a filter pod is still linting when its eviction lands (60 took about 1 s in
+the filter image: the pod finished before the kubelet stopped it)."""
+
+
+def run_with_an_eviction(
+    cluster: Cluster, namespace: str, filter_spec: dict[str, Any]
+) -> dict[str, Any]:
+    """A filter job of one shard of `EVICTED_RECORDS` records whose first running pod is
+    evicted through the Eviction API, with no retry to spare (retries.perShard 0): the job
+    must still succeed, the evicted attempt counting nowhere, and the evicted worker must stop
+    at once (exit 143 on SIGTERM) rather than finish in its grace period. Returns the final
+    status."""
+    from kubernetes import client, config, watch
+
+    prefix = f"e2e/{namespace}/evict"
+    input_uri = write_input(cluster.bucket, prefix, records=EVICTED_RECORDS)
+    output_uri = f"s3://{cluster.bucket}/{prefix}/output"
+    spec = {
+        "sharding": {"recordsPerShard": 1000},
+        "retries": {"perShard": 0},
+        "filter": {"parallelism": 1, "timeLimitSeconds": 30, **filter_spec},
+    }
+    cluster.apply(rewrite_job("code", input_uri, output_uri, **spec), namespace)
+    core = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
+
+    def running_pod() -> str | None:
+        pods = core.list_namespaced_pod(namespace, label_selector="batch.kubernetes.io/job-name")
+        for pod in pods.items:
+            if pod.status.phase == "Running":
+                return str(pod.metadata.name)
+        return None
+
+    victim = wait_until("a filter pod to run", running_pod, every=0.2)
+    seen = core.read_namespaced_pod(victim, namespace).metadata.resource_version
+    eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name=victim, namespace=namespace))
+    core.create_namespaced_pod_eviction(victim, namespace, eviction)
+    last = None
+    events = watch.Watch().stream(  # from before the eviction: no change is missed
+        core.list_namespaced_pod,
+        namespace,
+        field_selector=f"metadata.name={victim}",
+        resource_version=seen,
+        timeout_seconds=60,
+    )
+    for event in events:
+        last = event["object"]
+        if event["type"] == "DELETED":
+            break
+    assert last is not None and last.status.container_statuses, f"no final state of {victim}"
+    (final,) = last.status.container_statuses
+    assert final.state.terminated and final.state.terminated.exit_code == 143, final.state
+    assert any(c.type == "DisruptionTarget" for c in last.status.conditions or [])
+
+    status = wait_until(
+        "the job to succeed", lambda: phase_in(cluster, namespace, "code", "Succeeded", "Failed")
+    )
+    assert status["phase"] == "Succeeded", status.get("message")
+    (job,) = jobs(cluster, namespace)
+    assert not job["status"].get("failedIndexes")
+    pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job['metadata']['name']}")
+    assert victim not in {p.metadata.name for p in pods.items}
+    assert status["records"]["in"] == EVICTED_RECORDS  # the evicted attempt's count nowhere
+    assert status["records"]["kept"] + status["records"]["rejected"] == EVICTED_RECORDS
+    assert_status_matches_markers(status)
+    return status
 
 
 def scripted_model(body: dict[str, Any]) -> Reply:

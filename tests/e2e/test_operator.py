@@ -27,6 +27,7 @@ from tests.e2e.rewritejobs import (
     patch_spec,
     phase_in,
     rewrite_job,
+    run_with_an_eviction,
     rwj,
     s3,
     scripted_model,
@@ -312,43 +313,7 @@ def count_sgcr(server: ScriptedOpenAIServer) -> int:
 def test_evicted_pod_is_retried_without_burning_a_retry_or_duplicating(
     k8s_cluster: Cluster, namespace: str, operator: Operator
 ) -> None:
-    from kubernetes import client, config
-
-    prefix = f"e2e/{namespace}/evict"
-    input_uri = write_input(k8s_cluster.bucket, prefix, records=60)
-    output_uri = f"s3://{k8s_cluster.bucket}/{prefix}/output"
-    spec = {
-        "sharding": {"recordsPerShard": 1000},
-        "retries": {"perShard": 0},
-        "filter": {"parallelism": 1, "image": "palimpsest/filter:test", "timeLimitSeconds": 30},
-    }
-    k8s_cluster.apply(rewrite_job("code", input_uri, output_uri, **spec), namespace)
-    api = config.new_client_from_config(str(k8s_cluster.kubeconfig))
-    core = client.CoreV1Api(api)
-
-    def running_pod() -> str | None:
-        pods = core.list_namespaced_pod(namespace, label_selector="batch.kubernetes.io/job-name")
-        for pod in pods.items:
-            if pod.status.phase == "Running":
-                return str(pod.metadata.name)
-        return None
-
-    victim = wait_until("a filter pod to run", running_pod, every=0.2)
-    eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name=victim, namespace=namespace))
-    core.create_namespaced_pod_eviction(victim, namespace, eviction)
-
-    status = wait_until(
-        "the job to succeed",
-        lambda: phase_in(k8s_cluster, namespace, "code", "Succeeded", "Failed"),
-    )
-    assert status["phase"] == "Succeeded", status.get("message")
-    (job,) = jobs(k8s_cluster, namespace)
-    assert not job["status"].get("failedIndexes")
-    pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job['metadata']['name']}")
-    assert victim not in {p.metadata.name for p in pods.items}
-    assert status["records"]["in"] == 60  # the evicted attempt's records count nowhere
-    assert status["records"]["kept"] + status["records"]["rejected"] == 60
-    assert_status_matches_markers(status)
+    run_with_an_eviction(k8s_cluster, namespace, {"image": "palimpsest/filter:test"})
 
 
 def test_suspend_stops_the_pods_and_resume_finishes(

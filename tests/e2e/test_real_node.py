@@ -1,4 +1,6 @@
-"""The filter stage in the filter image, under a real kubelet and containerd.
+"""The project's images under a real kubelet and containerd: the filter stage in the filter
+image (a run, an eviction, garbage collection), the swallowcode example with its rewrite pods
+in the CPU flavour of the rewrite image, and the operator installed with Helm.
 
 The test cluster's real node (tests/cluster/node.py) runs pods in containers of the images
 built by tests/cluster/images_build.sh, so the securityContext the operator sets (read-only
@@ -23,17 +25,23 @@ import pytest
 import yaml
 
 from palimpsest import runtime
+from palimpsest.document import read_document
+from palimpsest.storage import S3Settings, S3Store
 from tests.cluster import clusterctl, node
 from tests.cluster.fixtures import Cluster
 from tests.e2e.rewritejobs import (
     Operator,
+    assert_status_matches_markers,
+    failed_pod_logs,
     jobs,
     marker_totals,
     phase_in,
     rewrite_job,
+    run_with_an_eviction,
     s3,
     write_input,
 )
+from tests.support.invariant import check_invariant
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -41,6 +49,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "tests" / "cluster" / "images_build.sh"
 CHART = REPO / "charts" / "palimpsest"
+EXAMPLES = REPO / "manifests" / "examples"
 ON_THE_NODE: dict[str, Any] = {
     "nodeSelector": {"palimpsest.dev/pool": "cpu", "kubernetes.io/hostname": node.NAME},
     "tolerations": [node.TOLERATION],
@@ -83,6 +92,31 @@ def filter_image(k8s_cluster: Cluster) -> str:
 @pytest.fixture(scope="module")
 def operator_image(k8s_cluster: Cluster) -> str:
     return image_on_the_node("operator")
+
+
+@pytest.fixture(scope="module")
+def rewrite_image(k8s_cluster: Cluster) -> str:
+    """The rewrite image built on the CPU build of vLLM (images_build.sh rewrite-cpu)."""
+    return image_on_the_node("rewrite-cpu")
+
+
+@pytest.fixture()
+def node_gpu(k8s_cluster: Cluster) -> Iterator[None]:
+    """The real node offers one `nvidia.com/gpu` (an extended resource added to its status),
+    so a rewrite pod asks for a GPU as on a GPU node and runs vLLM's CPU build there."""
+    path = "/status/capacity/nvidia.com~1gpu"
+
+    def patch(operation: dict[str, Any]) -> None:
+        k8s_cluster.kubectl(
+            "patch", "node", node.NAME, "--subresource=status", "--type=json",
+            "-p", json.dumps([operation]),
+        )  # fmt: skip
+
+    patch({"op": "add", "path": path, "value": "1"})
+    try:
+        yield
+    finally:
+        patch({"op": "remove", "path": path})
 
 
 @pytest.fixture()
@@ -223,3 +257,106 @@ def test_operator_installed_with_helm_runs_in_its_image_on_the_real_node(
     assert "RewriteJob" in logs or "kopf" in logs.lower(), logs[-2000:]
     whoami = k8s_cluster.kubectl("exec", name, "-n", namespace, "--", "id", "-u").stdout
     assert whoami.strip() == str(runtime.RUN_AS_UID)
+
+
+def swallowcode_example(cluster: Cluster, prefix: str, images: dict[str, str]) -> dict[str, Any]:
+    """manifests/examples/swallowcode.yaml as shipped, fitted to this machine: the test
+    bucket, 8 records, the tiny model from s3:// on the CPU build of vLLM, every pod on the
+    real node in the images given, and no Kueue queue or priority class."""
+    body: dict[str, Any] = yaml.safe_load((EXAMPLES / "swallowcode.yaml").read_text())
+    spec = body["spec"]
+    spec["input"]["uri"] = write_input(cluster.bucket, prefix, records=8)
+    spec["output"]["uri"] = f"s3://{cluster.bucket}/{prefix}/output"
+    spec["storage"] = yaml.safe_load(rewrite_job("x", "s3://a/", "s3://b/"))["spec"]["storage"]
+    spec["sharding"]["recordsPerShard"] = 4
+    spec["filter"].update(parallelism=2, resources={"cpu": "1"}, image=images["filter"])
+    spec["filter"].update(ON_THE_NODE)
+    rewrite = spec["rewrite"]
+    rewrite["engine"].update(
+        model=f"s3://{cluster.bucket}/{prefix}/model",
+        tensorParallelSize=1,
+        maxModelLen=2048,
+        dtype="float32",
+        engineArgs={"enforce_eager": True, "max_num_seqs": 8},
+    )
+    for gpu_only in ("revision", "gpuMemoryUtilization"):
+        rewrite["engine"].pop(gpu_only)
+    rewrite["sampling"]["maxTokens"] = 24
+    rewrite.update(parallelism=1, shardsPerPod=2, image=images["rewrite"], **ON_THE_NODE)
+    rewrite["tolerations"] = [node.TOLERATION, {"key": "nvidia.com/gpu", "operator": "Exists"}]
+    rewrite.pop("priorityClassName")
+    spec.pop("queueName")
+    return body
+
+
+def test_swallowcode_example_runs_its_stages_in_their_images_on_the_real_node(
+    k8s_cluster: Cluster,
+    namespace: str,
+    operator: Operator,
+    filter_image: str,
+    rewrite_image: str,
+    node_gpu: None,
+    tiny_model: Path,
+) -> None:
+    """filter -> SGCR -> SCOR, each pod a container of the project's image under the pod
+    security context, vLLM loading the tiny model's weights from S3."""
+    prefix = f"e2e/{namespace}/swallowcode"
+    for path in sorted(tiny_model.iterdir()):
+        s3().upload_file(str(path), k8s_cluster.bucket, f"{prefix}/model/{path.name}")
+    body = swallowcode_example(
+        k8s_cluster, prefix, {"filter": filter_image, "rewrite": rewrite_image}
+    )
+    name = body["metadata"]["name"]
+    k8s_cluster.apply(yaml.safe_dump(body), namespace)
+    status: dict[str, Any] = wait_until(
+        "the swallowcode example to finish",
+        lambda: phase_in(k8s_cluster, namespace, name, "Succeeded", "Failed"),
+        timeout=900,
+        every=2,
+    )
+    if status["phase"] != "Succeeded":
+        pytest.fail(f"{status.get('message')}\n{failed_pod_logs(k8s_cluster, namespace)}")
+    assert [s["kind"] for s in status["stages"]] == ["filter", "sgcr", "scor"]
+    assert status["records"]["in"] == 8
+    assert status["stages"][0]["records"] == {"in": 8, "kept": 6, "rejected": 2}
+    assert status["stages"][1]["tokens"]["generated"] > 0  # the model ran on every kept record
+    assert_status_matches_markers(status)
+    store = S3Store(S3Settings(endpoint_url=k8s_cluster.s3_endpoint, region="us-east-1"))
+    refs = read_document(store, status["jobDocument"]).stage_refs()
+    ids = [f"r0-{i}" for i in range(8)]  # write_input's ids
+    check_invariant(store, body["spec"]["output"]["uri"], refs, 2, ids)
+    pods = json.loads(k8s_cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
+    images = {p["spec"]["containers"][0]["image"] for p in pods["items"]}
+    assert {p["spec"]["nodeName"] for p in pods["items"]} == {node.NAME}
+    assert images == {filter_image, rewrite_image}
+
+
+def node_containers(namespace: str) -> list[str]:
+    """The containers the node's containerd holds for pods of `namespace` (sandboxes too)."""
+    label = f'labels."io.kubernetes.pod.namespace"=={namespace}'
+    result = node.ctr(clusterctl.DEFAULT_LAYOUT.node, "containers", "ls", "-q", label, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_an_eviction_on_the_real_node_spends_no_retry_and_deletion_collects_the_pods(
+    k8s_cluster: Cluster, namespace: str, operator: Operator, filter_image: str
+) -> None:
+    """The kubelet stops the evicted container and the Job's podFailurePolicy ignores the
+    disruption; deleting the RewriteJob then deletes its Jobs and their pods through owner
+    references, and the node removes their containers."""
+    run_with_an_eviction(k8s_cluster, namespace, {"image": filter_image, **ON_THE_NODE})
+    pods = json.loads(k8s_cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)
+    assert pods["items"] and {p["spec"]["nodeName"] for p in pods["items"]} == {node.NAME}
+    assert node_containers(namespace)
+
+    k8s_cluster.kubectl("delete", "rwj", "code", "-n", namespace, "--timeout=60s", timeout=90)
+    wait_until(
+        "the Jobs and pods to be collected",
+        lambda: (
+            not jobs(k8s_cluster, namespace)
+            and not k8s_cluster.kubectl("get", "pods", "-n", namespace, "-o", "name").stdout.split()
+        ),
+        timeout=60,
+    )
+    wait_until("the node to remove their containers", lambda: not node_containers(namespace), 120)

@@ -141,6 +141,18 @@ def test_conditional_put_is_honoured_by_the_endpoint(s3_server: S3Server, s3_buc
     assert s3.read_bytes(f"s3://{s3_bucket}/m.json") == b"1"
 
 
+def test_a_missing_object_reads_as_none_in_one_request(s3_server: S3Server, s3_bucket: str) -> None:
+    """How markers are read: one GET, whose 404 means "not committed", not a HEAD then a GET."""
+    s3 = store_for(f"s3://{s3_bucket}/x", S3Settings(endpoint_url=s3_server.endpoint))
+    assert isinstance(s3, S3Store)
+    sent: list[str] = []
+    s3._client.meta.events.register("before-call.s3", lambda model, **_: sent.append(model.name))
+    assert s3.read_if_exists(f"s3://{s3_bucket}/absent.json") is None
+    s3.put_bytes(f"s3://{s3_bucket}/present.json", b"{}")
+    assert s3.read_if_exists(f"s3://{s3_bucket}/present.json") == b"{}"
+    assert sent == ["GetObject", "PutObject", "GetObject"]
+
+
 def test_plan_cli_writes_a_plan_to_s3(s3_server: S3Server, s3_bucket: str) -> None:
     put_input(s3_server, s3_bucket, n=50)
     env = {**os.environ, **s3_server.env()}

@@ -150,3 +150,11 @@ def test_a_corrupt_marker_is_a_storage_error_naming_it(tmp_path: Path) -> None:
     marker.write_text("{not json")
     with pytest.raises(StorageError, match=str(marker)):
         read_marker(STORE, stage, 3)
+
+
+def test_a_missing_object_reads_as_none_and_an_unreadable_one_raises(tmp_path: Path) -> None:
+    assert STORE.read_if_exists(str(tmp_path / "absent.json")) is None
+    (tmp_path / "present.json").write_bytes(b"{}")
+    assert STORE.read_if_exists(str(tmp_path / "present.json")) == b"{}"
+    with pytest.raises(StorageError, match="cannot read"):
+        STORE.read_if_exists(str(tmp_path))  # a folder: there, but not an object

@@ -213,6 +213,18 @@ def test_rewrite_job_on_the_gpu_pool() -> None:
     assert flag(args, "--shards-per-index") == "1" and job["spec"]["completions"] == 10
 
 
+def test_a_one_gpu_vllm_pod_has_a_memory_backed_dev_shm() -> None:
+    """vLLM's engine needs more shared memory than a runtime's default 64 MiB /dev/shm even
+    with one GPU (the real node's containerd showed it)."""
+    engine = {"type": "vllm", "model": "m", "tensorParallelSize": 1}
+    job = build((SGCR,), rewrite={"engine": engine})
+    pod = pod_of(job)
+    (shm,) = [v for v in pod["volumes"] if v["name"] == "shm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    mounts = container_of(job)["volumeMounts"]
+    assert {"name": "shm", "mountPath": "/dev/shm"} in mounts
+
+
 def test_rewrite_job_openai_with_key() -> None:
     job = build(
         (SGCR, SCOR),

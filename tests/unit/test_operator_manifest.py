@@ -103,7 +103,7 @@ def test_a_tick_stops_reading_at_its_deadline_and_the_next_continues_at_the_cut(
     """No marker read starts after the deadline: lists are cut there, and the lists of all
     ticks together still list every part exactly once."""
     monkeypatch.setattr(manifest, "LIST_SHARDS", 10)
-    monkeypatch.setattr(manifest, "MARKER_READ_THREADS", 1)  # reads in order, one per clock step
+    monkeypatch.setattr("palimpsest_operator.progress.MARKER_READ_THREADS", 1)  # in order
     output, shards = str(tmp_path / "out"), 45
     commit_shards(output, shards)
     uri, ticks, progress = manifest_over_ticks(output, shards, budget=6.5, clock=FakeClock(1.0))

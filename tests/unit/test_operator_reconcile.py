@@ -647,3 +647,52 @@ def test_a_tick_past_its_budget_leaves_the_card_to_the_next(tmp_path: Path) -> N
     )
     at, uri = write_card_step(storage, document, [view], CardPosition(), deadline=None)
     assert (at.next, at.listed, at.listing_done) == (3, 3, True) and uri == h.status["cardUri"]
+
+
+class SteppingClock:
+    """A clock that advances one second each time it is read."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_card_chunk_is_cut_at_the_deadline_and_the_next_tick_sums_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No marker read of the card starts after the tick's deadline (but a tick's first): the
+    chunk is saved where the reads stopped, and the card summed over several such ticks is
+    the card of one uncut step."""
+    from palimpsest_operator.datacard import CardPosition, write_card_step
+
+    monkeypatch.setattr("palimpsest_operator.progress.MARKER_READ_THREADS", 1)  # in order
+    h = Harness(tmp_path)
+    h.finish_filter(kept=2)
+    document = read_document(LocalStore(), h.status["jobDocument"])
+    tally = Tally.empty(3)
+    advance(tally, local_storage(document.job, None), h.stage_uri(), range(3))
+    view = StageView("filter", document.stage_refs()[0].stage_id, h.stage_uri(), None, "", tally)
+    card = Path(h.status["cardUri"])
+    uncut = card.read_text()
+    card.unlink()
+
+    clock, started = SteppingClock(), []
+
+    class Reads(JobStorage):
+        def read_marker(self, stage_uri: str, shard: int) -> Any:
+            started.append((shard, clock.now))
+            return super().read_marker(stage_uri, shard)
+
+    storage = Reads(LocalStore())
+    at, uri, positions = CardPosition(), None, []
+    while uri is None and len(positions) < 10:
+        first, deadline = at.next, clock.now + 2.5
+        at, uri = write_card_step(storage, document, [view], at, deadline, clock)
+        assert all(t <= deadline for s, t in started if s != first)
+        started.clear()
+        positions.append(at.next)
+    assert positions == [1, 2, 3, 3]  # one shard a tick (a cut chunk each), then the listing
+    assert uri == str(card) and card.read_text() == uncut
