@@ -45,8 +45,9 @@ TAINT = {"key": "palimpsest.dev/node", "value": "containerd", "effect": "NoSched
 """Keeps every pod that does not ask for this node (by tolerating it) on the test kubelet."""
 TOLERATION = {"key": TAINT["key"], "operator": "Equal", "value": TAINT["value"]}
 PAUSE_IMAGE = "localhost/palimpsest/pause:1"
-OCI_REF_NAME = "org.opencontainers.image.ref.name"
 """The sandbox image: a static binary that waits for a signal, built here (nothing is pulled)."""
+OCI_REF_NAME = "org.opencontainers.image.ref.name"
+"""The annotation of an OCI index entry that names its image."""
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
 # Seconds containerd may take to answer after it is started (first starts on a busy machine
@@ -321,7 +322,7 @@ def oci_archive(name: str, files: dict[str, bytes], entrypoint: list[str]) -> by
     )
     descriptor["annotations"] = {
         "io.containerd.image.name": name,
-        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[1],
+        OCI_REF_NAME: name.rsplit(":", 1)[1],
     }
     index = {"schemaVersion": 2, "manifests": [descriptor]}
     files_out = {
