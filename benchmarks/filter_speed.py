@@ -3,10 +3,12 @@
 The published method runs one `pylint` subprocess per sample (4 threads), parses the printed
 rating and applies the comment penalty. Ours runs `CodeFilter` twice: with exact scores (every
 sample linted to the end, to compare scores) and with the exact early-stop shortcuts (the
-default, to compare speed and decisions). Prints files/s of each, the ratios, and the share of
-samples whose score or decision differs.
+default, to compare speed and decisions). Then `palimpsest filter` runs as a whole process
+(start-up, reading, writing and all) on the first `--cli` samples, against the published
+method's time on those same samples. Prints files/s of each, the ratios, the share of samples
+whose score or decision differs, and whether the machine was quiet before and after.
 
-    .venv/bin/python benchmarks/filter_speed.py [--limit N] [--workers N]
+    .venv/bin/python benchmarks/filter_speed.py [--limit N] [--workers N] [--cli N]
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine_state, print_machine
 from palimpsest.lint.pool import LintPool, default_workers
 from palimpsest.lint.reference import published_score
 from palimpsest.lint.scoring import DEFAULT_MIN_SCORE
@@ -58,6 +65,36 @@ def run_published(samples: list[str]) -> tuple[list[float | None], float]:
     return scores, time.monotonic() - started
 
 
+def run_cli(samples: list[str], workers: int) -> tuple[int, float]:
+    """`palimpsest filter` on `samples` as its own process; (records written, seconds)."""
+    command = Path(sys.executable).with_name("palimpsest")
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "in.jsonl"
+        with source.open("w", encoding="utf-8") as handle:
+            for i, code in enumerate(samples):
+                handle.write(json.dumps({"id": i, "text": code}) + "\n")
+        kept_path, rejects_path = Path(tmp) / "kept.jsonl", Path(tmp) / "rejects.jsonl"
+        started = time.monotonic()
+        subprocess.run(
+            [
+                str(command),
+                "filter",
+                str(source),
+                str(kept_path),
+                "--rejects",
+                str(rejects_path),
+                "--workers",
+                str(workers),
+                "--no-progress",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        seconds = time.monotonic() - started
+        written = sum(1 for path in (kept_path, rejects_path) for _ in path.open())
+    return written, seconds
+
+
 def run_ours(samples: list[str], workers: int, exact: bool) -> tuple[list[dict[str, Any]], float]:
     settings = FilterSettings(exact_scores=exact)
     results: list[dict[str, Any]] = []
@@ -78,17 +115,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="use the first N samples")
     parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument(
+        "--cli", type=int, default=128, help="samples for the whole-process run (0: none)"
+    )
     args = parser.parse_args()
     samples = load_samples(args.limit)
     n = len(samples)
+    cli_n = min(args.cli, n)
     print(
         f"{n} samples, {args.workers} linter processes, "
         f"published method with {PUBLISHED_THREADS} threads"
     )
+    before = machine_state()
 
-    published, t_pub = run_published(samples)
+    # The published side runs the CLI's samples first, so their time is known on its own.
+    head, t_head = run_published(samples[:cli_n])
+    tail, t_tail = run_published(samples[cli_n:])
+    published, t_pub = head + tail, t_head + t_tail
     exact, t_exact = run_ours(samples, args.workers, exact=True)
     fast, t_fast = run_ours(samples, args.workers, exact=False)
+    cli_written, t_cli = run_cli(samples[:cli_n], args.workers) if cli_n else (0, 0.0)
+    after = machine_state(after_run=True)
 
     score_diff = sum(
         1
@@ -118,9 +165,14 @@ def main() -> None:
         ("ours, default (early stop)", t_fast),
     ):
         print(f"{name:<28}{seconds:>10.1f}{n / seconds:>10.2f}{t_pub / seconds:>8.1f}")
+    if cli_n:
+        print(f"whole process on the first {cli_n} samples ({cli_written} records written):")
+        for name, seconds in (("published (subprocess x4)", t_head), ("palimpsest filter", t_cli)):
+            print(f"{name:<28}{seconds:>10.1f}{cli_n / seconds:>10.2f}{t_head / seconds:>8.1f}")
     print(f"score differs by > 0.01:        {score_diff}/{n} ({100 * score_diff / n:.2f}%)")
     print(f"decision differs (exact):       {decision_exact}/{n} ({100 * decision_exact / n:.2f}%)")
     print(f"decision differs (early stop):  {decision_fast}/{n} ({100 * decision_fast / n:.2f}%)")
+    print_machine(before, after, 14)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,13 @@ from palimpsest.rewrite.runner import RewriteRunner  # noqa: E402
 from palimpsest.stagerun import llm_plans, shard_inputs  # noqa: E402
 from palimpsest.stages.registry import STAGES  # noqa: E402
 from palimpsest.storage import LocalStore  # noqa: E402
-from vllm_bench import add_engine_arguments, print_ratio, rate_line, tiny_model  # noqa: E402
+from vllm_bench import (  # noqa: E402
+    add_engine_arguments,
+    print_ratio,
+    rate_line,
+    start_async_llm,
+    tiny_model,
+)
 
 SEED = 1234
 WORDS = ["the", "value", "of", "x", "is", "found", "by", "one", "step", "and", "answer", "so"]
@@ -74,27 +80,10 @@ def settings(args: argparse.Namespace, model: str) -> EngineSettings:
 async def raw_vllm(args: argparse.Namespace, model: str, texts: list[str]) -> dict[str, Any]:
     """Every prompt submitted at once to vLLM's AsyncLLM; generated tokens / wall seconds."""
     from vllm.sampling_params import RequestOutputKind  # type: ignore[import-not-found]
-    from vllm.v1.engine.async_llm import AsyncLLM  # type: ignore[import-not-found]
 
-    from vllm import AsyncEngineArgs, SamplingParams  # type: ignore[import-not-found]
+    from vllm import SamplingParams  # type: ignore[import-not-found]
 
-    engine_settings = settings(args, model)
-    started = time.monotonic()
-    llm = AsyncLLM.from_engine_args(
-        AsyncEngineArgs(
-            model=model,
-            max_model_len=args.max_model_len,
-            dtype="float32",
-            enable_prefix_caching=True,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            tensor_parallel_size=1,
-            **engine_settings.engine_args,
-        )
-    )
-    tokenizer = llm.get_tokenizer()
-    if asyncio.iscoroutine(tokenizer):
-        tokenizer = await tokenizer
-    cold_start = time.monotonic() - started
+    llm, tokenizer, cold_start = await start_async_llm(settings(args, model))
     math = STAGES["math"]
     prompt = load_stage_prompt(math.prompt or "", math.prompt_fields)
     params = SamplingParams(

@@ -32,6 +32,7 @@ sys.path.insert(0, str(BENCH))
 
 import vllm_bench  # noqa: E402
 from answer_lengths import code_line  # noqa: E402
+from machine import machine_state, print_machine  # noqa: E402
 from palimpsest.engines import EngineSettings, SamplingSettings  # noqa: E402
 from palimpsest.engines.settings import SpeculativeSettings  # noqa: E402
 from palimpsest.job import InputSpec, Job, RewriteSettings  # noqa: E402
@@ -104,7 +105,7 @@ def report(results: dict[str, Any], before: dict[str, Any], after: dict[str, Any
         )
     ratio = results["ngram"]["tokens_per_second"] / results["plain"]["tokens_per_second"]
     vllm_bench.print_ratio("ratio", ratio, "ngram / plain", 12)
-    vllm_bench.print_machine(before, after, 12)
+    print_machine(before, after, 12)
     print(json.dumps({**results, "ratio": round(ratio, 3), "machine": [before, after]}))
 
 
@@ -131,7 +132,7 @@ def main() -> int:
     if args.side is not None:
         print(json.dumps(asyncio.run(one_side(args))))
         return 0
-    before = vllm_bench.machine_state()
+    before = machine_state()
     with tempfile.TemporaryDirectory(prefix="palimpsest-bench-") as tmp:
         work = Path(tmp)
         model = args.model or vllm_bench.tiny_model(work / "model")
@@ -140,7 +141,7 @@ def main() -> int:
         tokens_per_line = len(AutoTokenizer.from_pretrained(model).encode(code_line(1234)))
         input_uri = write_input(args, work / "in", tokens_per_line)
         results = {w: run_side(args, w, model, input_uri, work) for w in ("plain", "ngram")}
-    report(results, before, vllm_bench.machine_state())
+    report(results, before, machine_state(after_run=True))
     return 0
 
 

@@ -1,5 +1,5 @@
 """What the vLLM benchmarks share: model and engine arguments, the tiny model, one side per
-process, the machine's state, and how results are printed.
+process, and how results are printed.
 
 Each benchmark compares two sides on the same engine and load; these helpers keep the flags,
 the per-side subprocess protocol (the last stdout line is JSON) and the printed lines the same
@@ -9,8 +9,8 @@ in every one of them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
@@ -42,7 +42,7 @@ def add_engine_arguments(
         parser.add_argument("--max-in-flight", type=int, default=None)
 
 
-def add_side_arguments(parser: argparse.ArgumentParser, sides: tuple[str, str]) -> None:
+def add_side_arguments(parser: argparse.ArgumentParser, sides: tuple[str, ...]) -> None:
     """The hidden flags a benchmark passes to the process that runs one of its sides."""
     parser.add_argument("--side", choices=sides, help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
@@ -58,6 +58,34 @@ def tiny_model(out_dir: Path) -> str:
     return str(out_dir)
 
 
+def engine_kwargs(settings: Any) -> dict[str, Any]:
+    """vLLM's engine arguments, from a side's `EngineSettings`, for a side that drives vLLM
+    itself (`LLM(**kwargs)` or `AsyncEngineArgs(**kwargs)`)."""
+    return {
+        "model": settings.model,
+        "max_model_len": settings.max_model_len,
+        "dtype": settings.dtype,
+        "enable_prefix_caching": True,
+        "gpu_memory_utilization": settings.gpu_memory_utilization,
+        **settings.engine_args,
+    }
+
+
+async def start_async_llm(settings: Any) -> tuple[Any, Any, float]:
+    """vLLM's AsyncLLM on these `EngineSettings`: the engine, its tokenizer and the seconds it
+    took to start."""
+    from vllm.v1.engine.async_llm import AsyncLLM  # type: ignore[import-not-found]
+
+    from vllm import AsyncEngineArgs  # type: ignore[import-not-found]
+
+    started = time.monotonic()
+    llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(settings)))
+    tokenizer = llm.get_tokenizer()
+    if asyncio.iscoroutine(tokenizer):
+        tokenizer = await tokenizer
+    return llm, tokenizer, time.monotonic() - started
+
+
 def side_process(
     script: str, which: str, model: str, input_uri: str, work: Path, env: dict[str, str]
 ) -> dict[str, Any]:
@@ -70,46 +98,6 @@ def side_process(
         raise SystemExit(f"the {which} side failed (exit {done.returncode})")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
-
-
-def machine_state() -> dict[str, Any]:
-    """Load averages and the busiest other processes (by CPU over one second)."""
-    import psutil
-
-    mine = {os.getpid()}
-    processes = list(psutil.process_iter(["name", "cmdline"]))
-    for process in processes:
-        try:
-            process.cpu_percent(None)
-        except psutil.Error:
-            continue
-    time.sleep(1.0)
-    busy = []
-    for process in processes:
-        try:
-            percent = process.cpu_percent(None)
-        except psutil.Error:
-            continue
-        if percent >= 10 and process.pid not in mine:
-            busy.append((percent, process.info["name"]))
-    busy.sort(reverse=True)
-    load = os.getloadavg()
-    cores = os.cpu_count() or 1
-    return {
-        "load_average": [round(x, 2) for x in load],
-        "cores": cores,
-        "quiet": load[0] < 0.5 * cores and not busy,
-        "busy_processes": [f"{name} {percent:.0f}%" for percent, name in busy[:6]],
-    }
-
-
-def print_machine(before: dict[str, Any], after: dict[str, Any], width: int) -> None:
-    for label, state in (("before", before), ("after", after)):
-        print(
-            f"{'machine ' + label:>{width}}: load {state['load_average']} on {state['cores']} "
-            f"cores, {'quiet' if state['quiet'] else 'NOT quiet'}; busy: "
-            f"{', '.join(state['busy_processes']) or 'none'}"
-        )
 
 
 def rate_line(result: dict[str, Any], width: int) -> str:

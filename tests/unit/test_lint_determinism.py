@@ -7,14 +7,19 @@ astroid caches it like any third-party module); without the reset between sample
 
 from __future__ import annotations
 
+import gc
 import gzip
 import importlib.util
 import json
+import weakref
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 
 from palimpsest.lint.linter import SampleLinter
+from palimpsest.lint.pool import settle_heap
 
 LOADER_TEST = "test.test_importlib.import_.test___loader__"
 
@@ -24,6 +29,12 @@ def _source_of(module: str) -> str:
     if spec is None or spec.origin is None:
         pytest.skip(f"{module} is not installed with this Python")
     return Path(spec.origin).read_text(encoding="utf-8")
+
+
+def _example_texts() -> list[str]:
+    data = Path(__file__).resolve().parents[2] / "examples" / "data" / "python-sample.jsonl.gz"
+    with gzip.open(data, "rt", encoding="utf-8") as handle:
+        return [json.loads(line)["text"] for line in handle]
 
 
 def test_the_same_sample_scores_the_same_after_different_predecessors() -> None:
@@ -56,9 +67,7 @@ def test_stdlib_modules_stay_cached_between_samples() -> None:
 def test_relative_imports_score_as_in_a_fresh_linter_after_many_samples() -> None:
     # The example data's lib2to3 file (`from . import pytree`) once scored 8.71 instead of a
     # fresh run's 8.42 after the samples before it, when astroid's unnamed entry was dropped.
-    data = Path(__file__).resolve().parents[2] / "examples" / "data" / "python-sample.jsonl.gz"
-    with gzip.open(data, "rt", encoding="utf-8") as handle:
-        texts = [json.loads(line)["text"] for line in handle][::25]
+    texts = _example_texts()[::25]
     marker = '"Utility functions used by the btm_matcher'
     index = next(i for i, text in enumerate(texts) if text.startswith(marker))
     from astroid import MANAGER
@@ -69,3 +78,39 @@ def test_relative_imports_score_as_in_a_fresh_linter_after_many_samples() -> Non
     for text in texts[:index]:
         warm.lint(text)
     assert warm.lint(texts[index]) == alone
+
+
+def test_a_full_settle_frees_the_frozen_trees_of_earlier_samples() -> None:
+    # A worker freezes what survives each sample; caches still hold the last samples' trees
+    # then, so those get frozen too. A full settle must free them once the caches let go, or
+    # a worker's memory would grow with every sample it lints.
+    from astroid import MANAGER
+
+    trees: list[weakref.ref[Any]] = []
+    build = MANAGER.ast_from_file
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        module = build(*args, **kwargs)
+        if module.name.startswith("_palimpsest_sample_") and not trees:
+            trees.append(weakref.ref(module))
+        return module
+
+    def first_tree_alive() -> bool:  # a bool, so no assertion holds the tree itself
+        return trees[0]() is not None
+
+    later = _example_texts()[:40]
+    linter = SampleLinter()
+    try:
+        with mock.patch.object(MANAGER, "ast_from_file", recording):
+            linter.lint("VALUE = 1\nprint(VALUE)\n")
+        settle_heap()
+        assert first_tree_alive()  # frozen while the caches hold it
+        for text in later:
+            linter.lint(text)
+            settle_heap()
+        assert first_tree_alive()  # garbage by now, but frozen: only a full settle frees it
+        settle_heap(full=True)
+        assert not first_tree_alive()
+        assert "os" in MANAGER.astroid_cache
+    finally:
+        gc.unfreeze()

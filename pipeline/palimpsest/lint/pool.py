@@ -21,6 +21,7 @@ outlives its worker.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -47,6 +48,14 @@ DEFAULT_MAX_WORKER_RSS = 1536 * 1024 * 1024
 DEFAULT_TIME_LIMIT = 60.0
 # Address space (bytes) a worker may add to what it holds once warmed up; None: no cap.
 DEFAULT_MEMORY_LIMIT = 1024 * 1024 * 1024
+# Allocations between a worker's young-generation collections (CPython's default: 700). Most of
+# a sample's garbage is freed by reference counting and the rest at the sample's end (see
+# `settle_heap`), so rarer collections only save time: 5% of a worker's, measured.
+WORKER_GC_THRESHOLD = 50_000
+# Resident memory (bytes) a worker may gain after a full collection before its next one (see
+# `SettledHeap`). A full collection walks the whole heap, 1-2 s at 400 MiB, so it is kept
+# rare: at most two per worker below the retirement ceiling.
+FULL_COLLECTION_AFTER = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -92,14 +101,50 @@ def limit_address_space(extra: int) -> int:
     return soft
 
 
+def settle_heap(full: bool = False) -> None:
+    """Collect what was allocated since the last call and exempt what survives from later
+    collections; with `full`, first return every exempted object to the collector.
+
+    A warm worker holds astroid's trees of every stdlib module its samples imported: millions
+    of long-lived objects that each full collection of the cyclic GC would walk again. Measured
+    on the example data, those walks were 37% of a worker's time.
+    """
+    if full:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+class SettledHeap:
+    """A worker's heap, settled after each sample (see `settle_heap`).
+
+    Some objects frozen after a sample are its tree, still held then by astroid's and pylint's
+    bounded caches; once evicted they are garbage the collector no longer walks. So when the
+    worker's resident memory has grown by `FULL_COLLECTION_AFTER` since the last full settle,
+    the next settle is full: such trees are freed and their memory reused.
+    """
+
+    def __init__(self) -> None:
+        settle_heap(full=True)
+        self._after_full = _rss_bytes()
+
+    def settle(self, rss: int) -> None:
+        full = rss > self._after_full + FULL_COLLECTION_AFTER
+        settle_heap(full)
+        if full:
+            self._after_full = _rss_bytes()
+
+
 def _worker_main(
     conn: Connection, workdir: str, max_tasks: int, max_rss: int, memory_limit: int | None
 ) -> None:
     from palimpsest.lint.linter import SampleLinter
 
+    gc.set_threshold(WORKER_GC_THRESHOLD)
     linter = SampleLinter(Path(workdir))
     if memory_limit is not None:
         limit_address_space(memory_limit)
+    heap = SettledHeap()
     conn.send(("ready",))
     for done in range(1, max_tasks + 1):
         task = conn.recv()
@@ -115,10 +160,12 @@ def _worker_main(
             reply = ("memory", task.key, "MemoryError: address-space limit reached")
         except (Exception, RecursionError) as exc:
             reply = ("error", task.key, f"{type(exc).__name__}: {str(exc)[:200]}")
-        retire = exhausted or done >= max_tasks or _rss_bytes() > max_rss
+        rss = _rss_bytes()
+        retire = exhausted or done >= max_tasks or rss > max_rss
         conn.send((*reply, retire))
         if retire:
             return
+        heap.settle(rss)
 
 
 class _Worker:
@@ -269,10 +316,12 @@ class LintPool:
             self._dispatch()
 
     def close(self) -> None:
+        # A worker still warming up reads the None once it is ready, so none waits out the join.
         for worker in self._workers:
-            if worker.process.is_alive() and worker.ready and worker.task is None:
+            if worker.process.is_alive() and worker.task is None:
                 with contextlib.suppress(OSError):
                     worker.conn.send(None)
+        for worker in self._workers:
             worker.process.join(timeout=2)
             worker.kill()
         if self._own_root:
