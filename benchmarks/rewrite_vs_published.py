@@ -68,7 +68,7 @@ from palimpsest.job import InputSpec, Job, RewriteSettings  # noqa: E402
 from palimpsest.plan import PlanSettings, make_plan  # noqa: E402
 from palimpsest.rewrite.runner import RewriteRunner  # noqa: E402
 from palimpsest.stagerun import llm_plans, shard_inputs  # noqa: E402
-from palimpsest.stages.llm import RewriteStage  # noqa: E402
+from palimpsest.stages.llm import RewriteStage, Verdict  # noqa: E402
 from palimpsest.storage import LocalStore  # noqa: E402
 from vllm_bench import (  # noqa: E402
     add_engine_arguments,
@@ -182,7 +182,22 @@ def answer_config(args: argparse.Namespace, model: str) -> dict[str, Any]:
     return config
 
 
-# --- the two sides -----------------------------------------------------------------------
+# --- the three sides ---------------------------------------------------------------------
+
+
+def input_records(job: Job) -> list[dict[str, Any]]:
+    """Every record of the job's input, in plan order."""
+    store = LocalStore()
+    plan = make_plan(store, job.input.uri, job.sharding)
+    return [r.record for s in plan.shards for r in s.read(store) if r.record is not None]
+
+
+def judged(stage: RewriteStage, output: Any) -> tuple[int, GenerationResult, Verdict]:
+    """A vLLM RequestOutput as the stage sees it: (generated tokens, result, verdict)."""
+    answer = output.outputs[0]
+    completion = Completion(answer.text, str(answer.finish_reason), len(answer.token_ids))
+    result = GenerationResult("k", len(output.prompt_token_ids), (completion,))
+    return len(answer.token_ids), result, stage.judge(result)
 
 
 def published(args: argparse.Namespace, model: str, input_uri: str) -> dict[str, Any]:
@@ -201,9 +216,7 @@ def published(args: argparse.Namespace, model: str, input_uri: str) -> dict[str,
     llm.generate([TokensPrompt(prompt_token_ids=[1, 2, 3])] * 4, params, use_tqdm=False)
     job = job_for(args, model, input_uri, "/out")
     stages = stages_of(job)
-    store = LocalStore()
-    plan = make_plan(store, input_uri, job.sharding)
-    records = [r.record for s in plan.shards for r in s.read(store) if r.record is not None]
+    records = input_records(job)
     begun = time.time()
     generated, kept = 0, {}
     for kind, stage in stages.items():
@@ -220,11 +233,8 @@ def published(args: argparse.Namespace, model: str, input_uri: str) -> dict[str,
             outputs += llm.generate(prompts, params, use_tqdm=False)
         next_records = []
         for record, output in zip(records, outputs, strict=True):
-            answer = output.outputs[0]
-            generated += len(answer.token_ids)
-            completion = Completion(answer.text, str(answer.finish_reason), len(answer.token_ids))
-            result = GenerationResult("k", len(output.prompt_token_ids), (completion,))
-            verdict = stage.judge(result)
+            tokens, result, verdict = judged(stage, output)
+            generated += tokens
             if verdict.reason is None:
                 next_records.append(stage.output_record(record, result, verdict))
         kept[kind] = len(next_records)
@@ -250,9 +260,7 @@ async def raw(args: argparse.Namespace, model: str, input_uri: str) -> dict[str,
     )
     job = job_for(args, model, input_uri, "/out")
     stages = stages_of(job)
-    store = LocalStore()
-    plan = make_plan(store, input_uri, job.sharding)
-    records = [r.record for s in plan.shards for r in s.read(store) if r.record is not None]
+    records = input_records(job)
     generated = 0
     kept = dict.fromkeys(stages, 0)
 
@@ -266,16 +274,8 @@ async def raw(args: argparse.Namespace, model: str, input_uri: str) -> dict[str,
         nonlocal generated
         for kind, stage in stages.items():
             ids = template_ids(tokenizer, stage.request("k", record).messages)
-            output = await answer(f"{kind}-{index}", ids)
-            completion_output = output.outputs[0]
-            generated += len(completion_output.token_ids)
-            completion = Completion(
-                completion_output.text,
-                str(completion_output.finish_reason),
-                len(completion_output.token_ids),
-            )
-            result = GenerationResult("k", len(output.prompt_token_ids), (completion,))
-            verdict = stage.judge(result)
+            tokens, result, verdict = judged(stage, await answer(f"{kind}-{index}", ids))
+            generated += tokens
             if verdict.reason is not None:
                 return
             kept[kind] += 1
@@ -340,7 +340,7 @@ def side(
     }
 
 
-# --- driving both sides, and what the machine was doing ----------------------------------
+# --- driving the sides, and what the machine was doing ------------------------------------
 
 
 def run_side(
