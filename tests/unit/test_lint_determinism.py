@@ -114,3 +114,49 @@ def test_a_full_settle_frees_the_frozen_trees_of_earlier_samples() -> None:
         assert "os" in MANAGER.astroid_cache
     finally:
         gc.unfreeze()
+
+
+def test_a_rebuilt_module_is_parsed_once_and_keeps_its_docstrings(tmp_path: Path) -> None:
+    # Non-stdlib modules are rebuilt for every sample that imports them; their parse is kept,
+    # and astroid's docstring stripping must not change the kept tree.
+    from astroid import MANAGER, nodes
+
+    from palimpsest.lint.parses import remember_parses
+
+    SampleLinter(tmp_path)  # installs the memo
+    memo = remember_parses(lambda name: True)
+    source = (
+        '"""Module doc."""\n\nclass A:\n    """Class doc."""\n\n'
+        '    def f(self):\n        """Function doc."""\n        return 1\n'
+    )
+    path = tmp_path / "palimpsest_parse_probe.py"
+    path.write_text(source)
+
+    def build() -> list[str | None]:
+        MANAGER.astroid_cache.pop("palimpsest_parse_probe", None)
+        module = MANAGER.ast_from_file(str(path), "palimpsest_parse_probe", source=True)
+        defined = [module, *module.nodes_of_class((nodes.ClassDef, nodes.FunctionDef))]
+        return [node.doc_node.value if node.doc_node else None for node in defined]
+
+    hits = memo.hits
+    first, second = build(), build()
+    MANAGER.astroid_cache.pop("palimpsest_parse_probe", None)
+    assert memo.hits == hits + 1
+    assert first == second == ["Module doc.", "Class doc.", "Function doc."]
+
+
+def _unmemoized(
+    memo: Any, data: str, type_comments: bool = True, modname: str | None = None
+) -> Any:
+    return memo._parse(data, type_comments=type_comments, modname=modname)
+
+
+def test_scores_are_the_same_with_and_without_kept_parses() -> None:
+    texts = [text for text in _example_texts()[:60] if "from test" in text][:6]
+    warm = SampleLinter()
+    twice = [warm.lint(text) for text in texts] + [warm.lint(text) for text in texts]
+    fresh = []
+    with mock.patch("palimpsest.lint.parses.ParseMemo.__call__", _unmemoized):
+        for text in texts:
+            fresh.append(SampleLinter().lint(text))
+    assert twice == fresh * 2
