@@ -110,3 +110,22 @@ def rate_line(result: dict[str, Any], width: int) -> str:
 
 def print_ratio(label: str, ratio: float, note: str, width: int) -> None:
     print(f"{label:>{width}}: {ratio:.3f} ({note})")
+
+
+def side_orders(sides: tuple[str, ...], rounds: int) -> list[tuple[str, ...]]:
+    """The order the sides run in, round by round: reversed every other round, so a machine
+    that speeds up or slows down over the run favours no side."""
+    return [sides if n % 2 == 0 else sides[::-1] for n in range(rounds)]
+
+
+def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's rounds as one result: tokens and seconds summed, the rate their quotient."""
+    generated = sum(int(run["generated_tokens"]) for run in runs)
+    seconds = sum(float(run["seconds"]) for run in runs)
+    return {
+        **runs[0],
+        "generated_tokens": generated,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(generated / seconds, 1),
+        "rounds": len(runs),
+    }

@@ -52,3 +52,25 @@ def test_engine_arguments_take_each_benchmarks_defaults(bench: ModuleType, in_fl
     assert hasattr(args, "max_in_flight") == in_flight
     with pytest.raises(SystemExit):
         parser.parse_args(["--side", "other"])
+
+
+def test_sides_alternate_their_order_every_round(bench: ModuleType) -> None:
+    assert bench.side_orders(("a", "b", "c"), 3) == [
+        ("a", "b", "c"),
+        ("c", "b", "a"),
+        ("a", "b", "c"),
+    ]
+
+
+def test_rounds_combine_into_tokens_over_seconds(bench: ModuleType) -> None:
+    runs = [
+        {"name": "ours", "generated_tokens": 600, "seconds": 2.0, "tokens_per_second": 300.0},
+        {"name": "ours", "generated_tokens": 600, "seconds": 4.0, "tokens_per_second": 150.0},
+    ]
+    assert bench.combined(runs) == {
+        "name": "ours",
+        "generated_tokens": 1200,
+        "seconds": 6.0,
+        "tokens_per_second": 200.0,
+        "rounds": 2,
+    }
