@@ -54,6 +54,29 @@ def test_the_same_sample_scores_the_same_after_different_predecessors() -> None:
     assert alone.rating == 1.13
 
 
+@pytest.mark.parametrize(
+    ("writer", "reader"),
+    [
+        ("import os\n\nos.custom_attr = 1\n", "import os\n\nprint(os.custom_attr)\n"),
+        (
+            "import json\n\nENC = json.JSONEncoder()\nENC.extra_attr = 2\n",
+            "import json\n\nENC = json.JSONEncoder()\nprint(ENC.extra_attr)\n",
+        ),
+    ],
+    ids=["module-attribute", "instance-attribute"],
+)
+def test_an_attribute_a_sample_assigns_on_the_stdlib_is_gone_for_the_next(
+    writer: str, reader: str
+) -> None:
+    # astroid records `os.custom_attr = 1` in the kept `os` tree; a later sample reading it
+    # must still get pylint's no-member, as in a fresh run.
+    alone = SampleLinter().lint(reader)
+    linter = SampleLinter()
+    linter.lint(writer)
+    assert linter.lint(reader) == alone
+    assert alone.rating is not None and alone.rating < 10.0
+
+
 def test_stdlib_modules_stay_cached_between_samples() -> None:
     from astroid import MANAGER
 

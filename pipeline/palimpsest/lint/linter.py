@@ -11,9 +11,10 @@ checkers. `SampleLinter` builds them once and re-runs them per sample, which is 
   settings alone (the checkers the enabled messages need, the walker over them) is set up
   once (`ReusedModuleChecker`);
 - after each sample every module outside the standard library (the sample's own included)
-  leaves astroid's caches, so a score does not depend on which samples the worker linted
-  before; what costs most in rebuilding those modules, parsing their source, is done once per
-  process (see `parses`).
+  leaves astroid's caches, and what the sample's attribute assignments added to the trees it
+  keeps is taken back (`assigned_attributes`), so a score does not depend on which samples the
+  worker linted before; what costs most in rebuilding those modules, parsing their source,
+  is done once per process (see `parses`).
 A MemoryError raised while linting (a worker's address-space cap) leaves `lint` as a
 MemoryError instead of becoming a pylint `fatal` message and a score.
 Pylint only parses the sample; the code is never imported or run.
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from palimpsest.lint.assigned_attributes import journal_assigned_attributes
 from palimpsest.lint.parses import remember_parses
 from palimpsest.lint.scoring import CATEGORY_WEIGHTS, PYLINT_ARGS, penalised, printed_rating
 
@@ -237,6 +239,7 @@ class SampleLinter:
         from pylint.reporters import BaseReporter
 
         remember_parses(_rebuilt_for_samples)
+        self._journal = journal_assigned_attributes(forgotten_between_samples)
         self._dir = Path(tempfile.mkdtemp(prefix="palimpsest-lint-", dir=workdir))
         rcfile = self._dir / "empty.rc"
         rcfile.write_text("")
@@ -314,5 +317,6 @@ class SampleLinter:
             )
         finally:
             sys.path[:] = saved_path
+            self._journal.undo()
             forget_non_stdlib_modules(MANAGER)
             path.unlink(missing_ok=True)
