@@ -240,9 +240,10 @@ def assert_status_matches_markers(status: dict[str, Any]) -> None:
     )
 
 
-EVICTED_RECORDS = 600
-"""Enough that a filter pod is still linting when its eviction lands (60 took about 1 s in
-the filter image: the pod finished before the kubelet stopped it)."""
+EVICTED_RECORDS = 6000
+"""Enough that a filter pod is still linting when its eviction lands: 600 of these small
+modules took about 2 s in the filter image, and a pod that fast finished before the kubelet
+stopped it; 6000 keep a worker busy for well over ten seconds."""
 
 
 def run_with_an_eviction(
@@ -259,7 +260,7 @@ def run_with_an_eviction(
     input_uri = write_input(cluster.bucket, prefix, records=EVICTED_RECORDS)
     output_uri = f"s3://{cluster.bucket}/{prefix}/output"
     spec = {
-        "sharding": {"recordsPerShard": 1000},
+        "sharding": {"recordsPerShard": EVICTED_RECORDS},
         "retries": {"perShard": 0},
         "filter": {"parallelism": 1, "timeLimitSeconds": 30, **filter_spec},
     }
