@@ -1,16 +1,23 @@
 """Filter speed and score parity: the published method against ours, on the same files, in one run.
 
 The published method runs one `pylint` subprocess per sample (4 threads), parses the printed
-rating and applies the comment penalty. Ours runs `CodeFilter` with exact scores (every sample
-linted to the end, to compare scores), then with the exact early-stop shortcuts (the default,
-to compare speed and decisions) twice through the same workers: the second pass ("warm
-workers") is what a long shard sees once its workers hold astroid's trees of the stdlib, and
-must give the same outputs as the first. Then `palimpsest filter` runs as a whole process
-(start-up, reading, writing and all) on the first `--cli` samples, against the published
-method's time on those same samples. Prints files/s of each, the ratios, the share of samples
-whose score or decision differs, and whether the machine was quiet before and after.
+rating and applies the comment penalty. Ours runs `CodeFilter` once with exact scores (every
+sample linted to the end, to compare scores), then in rounds, each from a fresh pool of
+workers:
+- the default, with the exact early-stop shortcuts (to compare speed and decisions);
+- a second pass through the same workers ("warm workers"): what a long shard sees once its
+  workers hold astroid's trees of the stdlib; it must give the same outputs as the first;
+- `palimpsest filter` as a whole process (start-up, reading, writing and all) on the first
+  `--cli` samples, against the published method's time on those same samples.
 
-    .venv/bin/python benchmarks/filter_speed.py [--limit N] [--workers N] [--cli N]
+This machine's speed swings by up to 40% from one minute to the next, and the published side
+takes minutes where ours takes seconds, so one pass of ours would catch one moment's speed.
+The rounds are spread around the published side's two timed parts (the `--cli` samples, then
+the rest), a CPU probe is printed before each, and the ratios use the mean of the rounds.
+Prints files/s of each, the ratios, the share of samples whose score or decision differs, and
+whether the machine was quiet before and after.
+
+    .venv/bin/python benchmarks/filter_speed.py [--limit N] [--workers N] [--cli N] [--rounds N]
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_state, print_machine
+from machine import cpu_probe, machine_state, print_machine
 from palimpsest.lint.pool import LintPool, default_workers
 from palimpsest.lint.reference import published_score
 from palimpsest.lint.scoring import DEFAULT_MIN_SCORE
@@ -77,7 +86,7 @@ def run_cli(samples: list[str], workers: int) -> tuple[int, float]:
                 handle.write(json.dumps({"id": i, "text": code}) + "\n")
         kept_path, rejects_path = Path(tmp) / "kept.jsonl", Path(tmp) / "rejects.jsonl"
         started = time.monotonic()
-        subprocess.run(
+        finished = subprocess.run(
             [
                 str(command),
                 "filter",
@@ -89,10 +98,12 @@ def run_cli(samples: list[str], workers: int) -> tuple[int, float]:
                 str(workers),
                 "--no-progress",
             ],
-            check=True,
-            stdout=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
         )
         seconds = time.monotonic() - started
+        if finished.returncode != 0:
+            raise SystemExit(f"palimpsest filter failed:\n{finished.stderr}")
         written = sum(1 for path in (kept_path, rejects_path) for _ in path.open())
     return written, seconds
 
@@ -118,6 +129,38 @@ def run_ours(
     return outputs, seconds
 
 
+@dataclass(frozen=True)
+class Round:
+    """One round of ours: the CPU probe before it, then seconds and outputs of each part."""
+
+    probe_ms: float
+    default: float
+    warm: float
+    cli: float
+    outputs: list[dict[str, Any]]
+    warm_outputs: list[dict[str, Any]]
+
+
+def run_round(samples: list[str], workers: int, cli_n: int) -> Round:
+    probe = cpu_probe()
+    (first, warm), (t_first, t_warm) = run_ours(samples, workers, exact=False, passes=2)
+    written, t_cli = run_cli(samples[:cli_n], workers) if cli_n else (0, 0.0)
+    if written != cli_n:
+        raise SystemExit(f"palimpsest filter wrote {written} records for {cli_n} samples")
+    return Round(probe, t_first, t_warm, t_cli, first, warm)
+
+
+def spread(rounds: int, parts: int) -> list[int]:
+    """How many of `rounds` run before each of `parts` timed parts of the published side and
+    after the last: as evenly as possible, the middle gaps first."""
+    gaps = parts + 1
+    counts = [rounds // gaps] * gaps
+    order = sorted(range(gaps), key=lambda gap: abs(gap - parts / 2))
+    for gap in order[: rounds % gaps]:
+        counts[gap] += 1
+    return counts
+
+
 def kept(score: float | None, code: str) -> bool:
     return score is not None and syntax_problem(code) is None and score >= DEFAULT_MIN_SCORE
 
@@ -129,24 +172,37 @@ def main() -> None:
     parser.add_argument(
         "--cli", type=int, default=128, help="samples for the whole-process run (0: none)"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of ours (fresh pools)")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     samples = load_samples(args.limit)
     n = len(samples)
     cli_n = min(args.cli, n)
     print(
         f"{n} samples, {args.workers} linter processes, "
-        f"published method with {PUBLISHED_THREADS} threads"
+        f"published method with {PUBLISHED_THREADS} threads, {args.rounds} rounds of ours"
     )
     before = machine_state()
 
-    # The published side runs the CLI's samples first, so their time is known on its own.
-    head, t_head = run_published(samples[:cli_n])
-    tail, t_tail = run_published(samples[cli_n:])
-    published, t_pub = head + tail, t_head + t_tail
     (exact,), (t_exact,) = run_ours(samples, args.workers, exact=True)
-    (fast, warm), (t_fast, t_warm) = run_ours(samples, args.workers, exact=False, passes=2)
-    cli_written, t_cli = run_cli(samples[:cli_n], args.workers) if cli_n else (0, 0.0)
+    # The published side runs the CLI's samples first, so their time is known on its own.
+    parts = [part for part in (samples[:cli_n], samples[cli_n:]) if part]
+    published: list[float | None] = []
+    part_seconds: list[float] = []
+    part_probes: list[float] = []
+    rounds: list[Round] = []
+    counts = spread(args.rounds, len(parts))
+    for index, part in enumerate(parts):
+        rounds += [run_round(samples, args.workers, cli_n) for _ in range(counts[index])]
+        part_probes.append(cpu_probe())
+        scores, seconds = run_published(part)
+        published += scores
+        part_seconds.append(seconds)
+    rounds += [run_round(samples, args.workers, cli_n) for _ in range(counts[-1])]
     after = machine_state(after_run=True)
+    t_pub = sum(part_seconds)
+    t_head = part_seconds[0] if cli_n else 0.0
 
     score_diff = sum(
         1
@@ -163,29 +219,47 @@ def main() -> None:
         for code, ref, ours in zip(samples, published, exact, strict=True)
         if kept(ref, code) != ("reject_reason" not in ours)
     )
+    first = rounds[0].outputs
     decision_fast = sum(
         1
-        for code, ref, ours in zip(samples, published, fast, strict=True)
+        for code, ref, ours in zip(samples, published, first, strict=True)
         if kept(ref, code) != ("reject_reason" not in ours)
     )
-    warm_differs = sum(1 for first, second in zip(fast, warm, strict=True) if first != second)
+    differs = sum(
+        1
+        for i in range(n)
+        if any(r.outputs[i] != first[i] or r.warm_outputs[i] != first[i] for r in rounds)
+    )
 
+    print("published side:")
+    labels = [f"first {cli_n} samples", "the rest"] if cli_n else ["all samples"]
+    for label, seconds, probe in zip(labels, part_seconds, part_probes, strict=False):
+        print(f"  {label:<26}{seconds:>10.1f} s  (CPU probe before: {probe} ms)")
+    print(f"{'round':<7}{'probe ms':>9}{'default s':>11}{'warm s':>9}{'cli s':>8}")
+    for number, r in enumerate(rounds, 1):
+        print(f"{number:<7}{r.probe_ms:>9}{r.default:>11.2f}{r.warm:>9.2f}{r.cli:>8.2f}")
+    t_fast = mean(r.default for r in rounds)
+    t_warm = mean(r.warm for r in rounds)
     print(f"{'method':<28}{'seconds':>10}{'files/s':>10}{'ratio':>8}")
     for name, seconds in (
         ("published (subprocess x4)", t_pub),
-        ("ours, exact scores", t_exact),
-        ("ours, default (early stop)", t_fast),
-        ("ours, warm workers", t_warm),
+        ("ours, exact scores (1 pass)", t_exact),
+        ("ours, default (mean)", t_fast),
+        ("ours, warm workers (mean)", t_warm),
     ):
         print(f"{name:<28}{seconds:>10.1f}{n / seconds:>10.2f}{t_pub / seconds:>8.1f}")
+    ratios = ", ".join(f"{t_pub / r.default:.1f}" for r in rounds)
+    print(f"default ratio per round: {ratios}")
     if cli_n:
-        print(f"whole process on the first {cli_n} samples ({cli_written} records written):")
+        t_cli = mean(r.cli for r in rounds)
+        print(f"whole process on the first {cli_n} samples (mean of the rounds):")
         for name, seconds in (("published (subprocess x4)", t_head), ("palimpsest filter", t_cli)):
             print(f"{name:<28}{seconds:>10.1f}{cli_n / seconds:>10.2f}{t_head / seconds:>8.1f}")
+        print(f"CLI ratio per round: {', '.join(f'{t_head / r.cli:.1f}' for r in rounds)}")
     print(f"score differs by > 0.01:        {score_diff}/{n} ({100 * score_diff / n:.2f}%)")
     print(f"decision differs (exact):       {decision_exact}/{n} ({100 * decision_exact / n:.2f}%)")
     print(f"decision differs (early stop):  {decision_fast}/{n} ({100 * decision_fast / n:.2f}%)")
-    print(f"output differs (warm pass):     {warm_differs}/{n} ({100 * warm_differs / n:.2f}%)")
+    print(f"output differs between passes:  {differs}/{n} ({100 * differs / n:.2f}%)")
     print_machine(before, after, 14)
 
 

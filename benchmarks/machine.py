@@ -2,14 +2,38 @@
 
 A ratio measured while other processes held the cores says little, so every benchmark records
 the load and the busiest other processes before and after it runs, and says whether the
-machine was quiet.
+machine was quiet. A quiet machine can still change speed: on a shared host the same work
+has taken 40% longer from one minute to the next with no process of ours busy. So the state
+also holds a CPU probe, the time one core takes to parse and walk a fixed piece of Python;
+benchmarks print it at each of their timed parts, so a swing shows next to the figures.
 """
 
 from __future__ import annotations
 
+import ast
 import os
+import statistics
 import time
 from typing import Any
+
+# A fixed module for the probe to parse: 200 small functions, 6,801 syntax-tree nodes.
+PROBE_SOURCE = "".join(
+    f"def f{i}(a, b={i}):\n    x = [a * k for k in range(b)]\n    return {{'n': len(x) + {i}}}\n\n"
+    for i in range(200)
+)
+
+
+def cpu_probe() -> float:
+    """Milliseconds one core took to parse `PROBE_SOURCE` and walk its tree (median of 5).
+
+    Parsing and walking allocates and chases pointers as a linter or a tokenizer does, so it
+    slows with the cache and memory contention a shared host adds, not only with the clock."""
+    runs = []
+    for _ in range(5):
+        started = time.perf_counter()
+        sum(1 for _ in ast.walk(ast.parse(PROBE_SOURCE)))
+        runs.append(time.perf_counter() - started)
+    return round(1000 * statistics.median(runs), 2)
 
 
 def machine_state(after_run: bool = False) -> dict[str, Any]:
@@ -45,6 +69,7 @@ def machine_state(after_run: bool = False) -> dict[str, Any]:
         "cores": cores,
         "quiet": not busy and (after_run or load[0] < 0.5 * cores),
         "busy_processes": [f"{name} {percent:.0f}%" for percent, name in busy[:6]],
+        "probe_ms": cpu_probe(),
     }
 
 
@@ -53,5 +78,5 @@ def print_machine(before: dict[str, Any], after: dict[str, Any], width: int) -> 
         print(
             f"{'machine ' + label:>{width}}: load {state['load_average']} on {state['cores']} "
             f"cores, {'quiet' if state['quiet'] else 'NOT quiet'}; busy: "
-            f"{', '.join(state['busy_processes']) or 'none'}"
+            f"{', '.join(state['busy_processes']) or 'none'}; CPU probe {state['probe_ms']} ms"
         )

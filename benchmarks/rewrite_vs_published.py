@@ -22,8 +22,9 @@ raw; raw, ours, published; ...), so a machine whose speed drifts during the run 
 Printed: each round's ratios; generated tokens/s of each side over all rounds and the ratios
 (ours / published, goal >= 1.3; ours / raw streaming, goal >= 0.97); how full the engine's
 batches were (slot idle fraction = 1 - mean running requests per step / max_num_seqs, counted
-by the logits processor at every step) and generated tokens per engine step; and the machine's
-load, since a busy machine slows the sides unevenly.
+by the logits processor at every step) and generated tokens per engine step; the CPU probe
+before each side (see `machine`); and the machine's load, since a busy machine slows the sides
+unevenly.
 
 Tokens per step is what the published method's waiting costs where a step costs about the same
 whatever its batch, as when a GPU decodes a large model (each step reads all the weights). On
@@ -60,7 +61,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(REPO), str(REPO / "pipeline"), str(BENCH)]
 
 from answer_lengths import ANSWER_CONFIG_ENV, ANSWER_STATS_ENV, code_line  # noqa: E402
-from machine import machine_state, print_machine  # noqa: E402
+from machine import cpu_probe, machine_state, print_machine  # noqa: E402
 from palimpsest.commit import read_marker  # noqa: E402
 from palimpsest.document import JobDocument, job_prompts  # noqa: E402
 from palimpsest.engines import (  # noqa: E402
@@ -407,7 +408,9 @@ def run_rounds(
         folder = work / f"round-{number}"
         folder.mkdir()
         for which in order:
-            runs[which].append(run_side(args, which, model, input_uri, folder, config))
+            probe = cpu_probe()
+            result = run_side(args, which, model, input_uri, folder, config)
+            runs[which].append({**result, "probe_ms": probe})
     return runs
 
 
@@ -430,6 +433,8 @@ def report(
         print(
             f"{'round ' + str(number + 1):>26}: {', '.join(order)}: ours / published "
             f"{rate['ours'] / rate['published']:.3f}, ours / raw {rate['ours'] / rate['raw']:.3f}"
+            f"; CPU probe before each side (ms): "
+            f"{', '.join(str(runs[which][number]['probe_ms']) for which in order)}"
         )
     results = {which: combined(side_runs) for which, side_runs in runs.items()}
     batches = {

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.support.benchmarks import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("vllm_bench", BENCH / "vllm_bench.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("vllm_bench")
 
 
 RESULT = {"name": "ours", "tokens_per_second": 123.456, "generated_tokens": 640, "seconds": 5.2}
