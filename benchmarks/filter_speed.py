@@ -10,8 +10,9 @@ workers:
 - `palimpsest filter` as a whole process (start-up, reading, writing and all) on the first
   `--cli` samples, against the published method's time on those same samples.
 
-This machine's speed swings by up to 40% from one minute to the next, and the published side
-takes minutes where ours takes seconds, so one pass of ours would catch one moment's speed.
+A shared host's speed swings from one minute to the next (the CPU probe has read 10 ms and
+24 ms within one run), and the published side takes minutes where ours takes seconds, so one
+pass of ours would catch one moment's speed.
 The rounds are spread around the published side's two timed parts (the `--cli` samples, then
 the rest), a CPU probe is printed before each, and the ratios use the mean of the rounds.
 Prints files/s of each, the ratios, the share of samples whose score or decision differs, and

@@ -2,8 +2,8 @@
 
 A ratio measured while other processes held the cores says little, so every benchmark records
 the load and the busiest other processes before and after it runs, and says whether the
-machine was quiet. A quiet machine can still change speed: on a shared host the same work
-has taken 40% longer from one minute to the next with no process of ours busy. So the state
+machine was quiet. A quiet machine can still change speed: on a shared host the same filter
+pass has taken 14 s and 19 s minutes apart, with no other process busy. So the state
 also holds a CPU probe, the time one core takes to parse and walk a fixed piece of Python;
 benchmarks print it at each of their timed parts, so a swing shows next to the figures.
 """
