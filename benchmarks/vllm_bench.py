@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -25,8 +27,10 @@ def add_engine_arguments(
     max_model_len: int,
     max_num_seqs: int,
     max_in_flight: bool = True,
+    memory_utilization: float = 0.5,
 ) -> None:
-    """--model, --max-model-len, --max-num-seqs, --gpu-memory-utilization and (optionally)
+    """--model, --max-model-len, --max-num-seqs, --gpu-memory-utilization (default
+    `memory_utilization`, for each engine the benchmark runs at once) and (optionally)
     --max-in-flight."""
     parser.add_argument("--model", default=None, help="model dir (default: make a tiny one)")
     parser.add_argument("--max-model-len", type=int, default=max_model_len)
@@ -34,10 +38,10 @@ def add_engine_arguments(
     parser.add_argument(
         "--gpu-memory-utilization",
         type=float,
-        default=0.5,
-        help="share of memory the engine reserves; on the CPU build, of the machine's RAM, "
-        "which must be free at start (default 0.5: at the engines' 0.9 the KV cache and the "
-        "benchmark's own processes outgrew a 24 GiB machine and it thrashed)",
+        default=memory_utilization,
+        help="share of memory each engine reserves; on the CPU build, of the machine's RAM, "
+        "which must be free at start (0.5 for one engine at a time: at the engines' 0.9 the "
+        "KV cache and the benchmark's own processes outgrew a 24 GiB machine and it thrashed)",
     )
     if max_in_flight:
         parser.add_argument("--max-in-flight", type=int, default=None)
@@ -101,6 +105,89 @@ def side_process(
     return result
 
 
+SIDE_REPLY = "@@side "
+"""How a served side's reply lines start on its stdout (vLLM may log there too)."""
+
+
+async def serve_side(opened: Any) -> None:
+    """A served side's loop: say it is ready, then run its timed part once per line read from
+    stdin (JSON naming the folder to work in), replying with the result; stop at an empty line
+    or the end of input. `opened` has `cold_start`, `async run(folder)` and `async close()`."""
+    loop = asyncio.get_running_loop()
+    _reply({"ready": True, "cold_start_seconds": round(opened.cold_start, 1)})
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line.strip():
+            break
+        _reply(await opened.run(Path(json.loads(line)["folder"])))
+    await opened.close()
+
+
+def _reply(payload: dict[str, Any]) -> None:
+    print(SIDE_REPLY + json.dumps(payload), flush=True)
+
+
+class ServedSide:
+    """One side of a benchmark in a process of its own that loads its engine once, then runs
+    its timed part whenever told to (`serve_side`), so sides can take turns at short intervals
+    and a change in the machine's speed hits them alike."""
+
+    def __init__(
+        self, script: str, which: str, model: str, input_uri: str, work: Path, env: dict[str, str]
+    ) -> None:
+        self.which = which
+        command = [sys.executable, script, *sys.argv[1:], "--side", which, "--model", model]
+        command += ["--input", input_uri, "--work", str(work / which)]
+        self.log_path = work / f"{which}.log"
+        self._log = self.log_path.open("w", encoding="utf-8")
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+        )
+
+    def ready(self) -> dict[str, Any]:
+        """Wait until the side has loaded and warmed up its engine; its cold start."""
+        return self._read()
+
+    def run(self, folder: Path) -> dict[str, Any]:
+        """Run the side's timed part once, working in `folder`; its result."""
+        assert self.process.stdin is not None
+        folder.mkdir(parents=True, exist_ok=True)
+        self.process.stdin.write(json.dumps({"folder": str(folder)}) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds used so far by the side's process and its live descendants."""
+        return tree_cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.process.stdin.close()
+        try:
+            self.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+    def _read(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.startswith(SIDE_REPLY):
+                reply: dict[str, Any] = json.loads(line[len(SIDE_REPLY) :])
+                return reply
+        code = self.process.wait()
+        self._log.flush()
+        tail = self.log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+        raise SystemExit(f"{tail}\nthe {self.which} side failed (exit {code})")
+
+
 def rate_line(result: dict[str, Any], width: int) -> str:
     """A side's name and rate, up to its seconds; the caller adds what else it measured."""
     return (
@@ -119,14 +206,61 @@ def side_orders(sides: tuple[str, ...], rounds: int) -> list[tuple[str, ...]]:
     return [sides if n % 2 == 0 else sides[::-1] for n in range(rounds)]
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) used so far by process `pid` and its live descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    cpu = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            cpu += times.user + times.system
+    return cpu
+
+
+def usage_now() -> dict[str, float | None]:
+    """Where a timed part starts or ends: the wall clock, the CPU seconds used so far by this
+    process and its live descendants (vLLM runs its engine core in a child process), and the
+    machine's steal seconds (see `machine.steal_seconds`)."""
+    from machine import steal_seconds
+
+    return {"time": time.time(), "cpu": tree_cpu_seconds(os.getpid()), "steal": steal_seconds()}
+
+
+def timed_part(start: dict[str, float | None], end: dict[str, float | None]) -> dict[str, Any]:
+    """The wall seconds, CPU seconds and steal seconds between two `usage_now` readings."""
+    steal = None
+    if start["steal"] is not None and end["steal"] is not None:
+        steal = round(end["steal"] - start["steal"], 2)
+    return {
+        "begun": start["time"],
+        "ended": end["time"],
+        "seconds": round(float(end["time"] or 0) - float(start["time"] or 0), 3),
+        "cpu_seconds": round(float(end["cpu"] or 0) - float(start["cpu"] or 0), 2),
+        "steal_seconds": steal,
+    }
+
+
 def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One side's rounds as one result: tokens and seconds summed, the rate their quotient."""
+    """One side's rounds as one result: tokens and seconds summed, the rate their quotient; CPU
+    and steal seconds summed where every round measured them."""
     generated = sum(int(run["generated_tokens"]) for run in runs)
     seconds = sum(float(run["seconds"]) for run in runs)
-    return {
+    result = {
         **runs[0],
         "generated_tokens": generated,
         "seconds": round(seconds, 3),
         "tokens_per_second": round(generated / seconds, 1),
         "rounds": len(runs),
     }
+    for key in ("cpu_seconds", "steal_seconds"):
+        values = [run.get(key) for run in runs]
+        result.pop(key, None)
+        if all(value is not None for value in values):
+            result[key] = round(sum(float(value) for value in values if value), 2)
+    return result

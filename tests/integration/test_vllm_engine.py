@@ -142,6 +142,15 @@ def test_n_completions_count_the_prompt_once(probe: dict[str, Any]) -> None:
     assert n2["prompt_tokens"] == probe["expected_prompt_tokens"][0]
 
 
+def test_a_reset_prefix_cache_makes_the_same_prompt_find_nothing_cached(
+    probe: dict[str, Any],
+) -> None:
+    check = probe["prefix_cache"]
+    assert check["hits_again"] > 0  # the same prompt again finds its prefix cached
+    assert check["reset"] is True
+    assert check["hits_after_reset"] == 0
+
+
 def test_engine_reports_itself(probe: dict[str, Any]) -> None:
     assert probe["gpus"] == 0  # the CPU build holds no GPU
     assert probe["vllm_version"] == env.pinned_vllm_version()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ from palimpsest.engines import (
     PROMPT_TOO_LONG,
     ChatMessage,
     Completion,
+    EngineDeadError,
     EngineSettings,
     EngineSettingsError,
     GenerationRequest,
@@ -80,6 +82,12 @@ def test_speculative_decoding_reaches_vllm_as_its_speculative_config() -> None:
     plain = VllmEngine(EngineSettings(type="vllm", model="org/m"))
     plain._vllm = engine._vllm
     assert "speculative_config" not in plain._engine_args("org/m")
+
+
+def test_a_prefix_cache_reset_needs_a_running_engine() -> None:
+    engine = VllmEngine(EngineSettings(type="vllm", model="org/m"))
+    with pytest.raises(EngineDeadError, match="not running"):
+        asyncio.run(engine.reset_prefix_cache())
 
 
 def test_speculative_config_is_set_only_through_its_own_setting() -> None:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
-from tests.support.benchmarks import load_benchmark
+from tests.support.benchmarks import BENCHMARKS, load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
+    load_benchmark("machine")  # what `usage_now` imports by its name in `benchmarks/`
     return load_benchmark("vllm_bench")
 
 
@@ -68,3 +75,110 @@ def test_rounds_combine_into_tokens_over_seconds(bench: ModuleType) -> None:
         "tokens_per_second": 200.0,
         "rounds": 2,
     }
+
+
+def test_rounds_combine_cpu_and_steal_when_every_round_measured_them(bench: ModuleType) -> None:
+    runs = [
+        {"generated_tokens": 600, "seconds": 2.0, "cpu_seconds": 3.0, "steal_seconds": 0.5},
+        {"generated_tokens": 400, "seconds": 3.0, "cpu_seconds": 2.0, "steal_seconds": 0.0},
+    ]
+    result = bench.combined(runs)
+    assert (result["cpu_seconds"], result["steal_seconds"]) == (5.0, 0.5)
+    runs[1]["steal_seconds"] = None
+    assert "steal_seconds" not in bench.combined(runs)
+
+
+def test_a_timed_part_is_the_difference_of_two_readings(bench: ModuleType) -> None:
+    start = {"time": 100.0, "cpu": 10.0, "steal": 4.0}
+    end = {"time": 102.5, "cpu": 14.25, "steal": 4.75}
+    assert bench.timed_part(start, end) == {
+        "begun": 100.0,
+        "ended": 102.5,
+        "seconds": 2.5,
+        "cpu_seconds": 4.25,
+        "steal_seconds": 0.75,
+    }
+    assert bench.timed_part({**start, "steal": None}, end)["steal_seconds"] is None
+
+
+def test_usage_counts_the_cpu_of_a_live_child_process(bench: ModuleType) -> None:
+    """vLLM's engine core is a child of the side's process: its CPU must count."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.process_time() + 0.4\n"
+            "while time.process_time() < end: pass\ntime.sleep(30)",
+        ]
+    )
+    try:
+        start = bench.usage_now()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            used = bench.timed_part(start, bench.usage_now())["cpu_seconds"]
+            if used >= 0.3:
+                break
+            time.sleep(0.05)
+        assert used >= 0.3
+    finally:
+        child.kill()
+        child.wait()
+
+
+SERVED = """
+import asyncio, sys
+sys.path.insert(0, {benchmarks!r})
+from vllm_bench import serve_side
+
+class Counting:
+    cold_start = 1.54
+
+    def __init__(self):
+        self.runs = 0
+
+    async def run(self, folder):
+        self.runs += 1
+        (folder / "ran").write_text(str(self.runs))
+        return {{"run": self.runs}}
+
+    async def close(self):
+        print("closed after", self.runs, file=sys.stderr)
+
+print("an engine's log line on stdout")
+asyncio.run(serve_side(Counting()))
+"""
+
+
+def served_side(
+    bench: ModuleType, tmp_path: Path, source: str, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    script = tmp_path / "side.py"
+    script.write_text(source)
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    return bench.ServedSide(str(script), "counting", "model", "in", tmp_path, dict(os.environ))
+
+
+def test_a_served_side_runs_its_part_each_time_it_is_told(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    side = served_side(bench, tmp_path, SERVED.format(benchmarks=str(BENCHMARKS)), monkeypatch)
+    try:
+        assert side.ready() == {"ready": True, "cold_start_seconds": 1.5}
+        assert side.run(tmp_path / "round-1") == {"run": 1}
+        assert side.run(tmp_path / "round-2") == {"run": 2}
+        assert (tmp_path / "round-2" / "ran").read_text() == "2"
+        assert side.cpu_seconds() > 0
+    finally:
+        side.stop()
+    assert side.process.returncode == 0
+    assert "closed after 2" in side.log_path.read_text()
+
+
+def test_a_side_that_dies_stops_the_benchmark_with_its_log(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = "import sys\nprint('engine failed to start', file=sys.stderr)\nsys.exit(3)\n"
+    side = served_side(bench, tmp_path, source, monkeypatch)
+    with pytest.raises(SystemExit, match=r"(?s)engine failed to start.*counting side failed"):
+        side.ready()
+    side.stop()

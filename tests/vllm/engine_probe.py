@@ -45,6 +45,9 @@ TEXTS = [
     "class Data:\n    pass",
     "日本語のテキストも使えます",
 ]
+CACHED_TEXT = " ".join(f"word{i}" for i in range(40))
+"""About 200 prompt tokens: over one KV block of the CPU build (128 tokens), so a prefix of it
+can be cached, and under the prompt budget."""
 LONG_TEXT = " ".join(f"word{i} value{i * 7}" for i in range(400))
 """Thousands of tokens: over any budget the tests use."""
 
@@ -135,6 +138,8 @@ async def probe(model_dir: Path, model: str, no_system_model: Path | None) -> di
         seconds = time.monotonic() - started
         generated = sum(r.generated_tokens for r in burst_results)
         report["burst"] = {"requests": 16, "generated_tokens": generated, "seconds": seconds}
+        cached = GenerationRequest("cached", messages(CACHED_TEXT))
+        report["prefix_cache"] = await prefix_cache_check(engine, cached)
         report["engine_seconds"] = engine.engine_seconds
         report["dead"] = await kill_engine_core_then_generate(engine)
     report["engine_seconds_after_close"] = engine.engine_seconds
@@ -142,6 +147,29 @@ async def probe(model_dir: Path, model: str, no_system_model: Path | None) -> di
     if no_system_model is not None:
         report["fold"] = fold_check(no_system_model)
     return report
+
+
+def prefix_cache_hits() -> float:
+    """Prompt tokens vLLM has found in its prefix cache so far (its metrics counter)."""
+    from vllm.v1.metrics.reader import Counter, get_metrics_snapshot  # type: ignore[import-not-found]
+
+    return sum(
+        float(metric.value)
+        for metric in get_metrics_snapshot()
+        if isinstance(metric, Counter) and metric.name == "vllm:prefix_cache_hits"
+    )
+
+
+async def prefix_cache_check(engine: VllmEngine, request: GenerationRequest) -> dict[str, Any]:
+    """Cached prompt tokens found by a request sent again, then sent after the cache is reset."""
+    await engine.generate(request)
+    before = prefix_cache_hits()
+    await engine.generate(request)
+    again = prefix_cache_hits() - before
+    reset = await engine.reset_prefix_cache()
+    before = prefix_cache_hits()
+    await engine.generate(request)
+    return {"hits_again": again, "reset": reset, "hits_after_reset": prefix_cache_hits() - before}
 
 
 async def kill_engine_core_then_generate(engine: VllmEngine) -> dict[str, Any]:

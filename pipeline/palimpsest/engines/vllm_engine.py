@@ -103,6 +103,14 @@ class VllmEngine(Engine):
             self.prompt_budget,
         )
 
+    async def reset_prefix_cache(self) -> bool:
+        """Drop the KV blocks kept for earlier prompts' prefixes, so what runs next starts from
+        an empty prefix cache (a benchmark that runs the same prompts again times each run
+        from the same state). False when vLLM refused: it keeps the cache while requests run."""
+        if self._llm is None:
+            raise EngineDeadError("the engine is not running")
+        return bool(await self._llm.reset_prefix_cache())
+
     async def close(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
