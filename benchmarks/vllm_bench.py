@@ -264,3 +264,23 @@ def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if all(value is not None for value in values):
             result[key] = round(sum(float(value) for value in values if value), 2)
     return result
+
+
+def step_cost(runs: dict[str, list[dict[str, Any]]]) -> tuple[float, float] | None:
+    """Seconds per engine step and per running request in a step, fitted by least squares to
+    every run's seconds = steps * per_step + running * per_request; None when the runs cannot
+    tell the two apart (every side's batches equally full)."""
+    rows = [
+        (float(run["batch"]["steps"]), float(run["batch"]["running"]), float(run["seconds"]))
+        for side_runs in runs.values()
+        for run in side_runs
+    ]
+    ss = sum(steps * steps for steps, _, _ in rows)
+    sr = sum(steps * running for steps, running, _ in rows)
+    rr = sum(running * running for _, running, _ in rows)
+    st = sum(steps * seconds for steps, _, seconds in rows)
+    rt = sum(running * seconds for _, running, seconds in rows)
+    determinant = ss * rr - sr * sr
+    if determinant <= 1e-9 * ss * rr:
+        return None
+    return (st * rr - rt * sr) / determinant, (rt * ss - st * sr) / determinant

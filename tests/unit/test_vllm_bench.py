@@ -182,3 +182,21 @@ def test_a_side_that_dies_stops_the_benchmark_with_its_log(
     with pytest.raises(SystemExit, match=r"(?s)engine failed to start.*counting side failed"):
         side.ready()
     side.stop()
+
+
+def test_step_cost_recovers_the_cost_per_step_and_per_running_request(bench: ModuleType) -> None:
+    runs = {
+        side: [
+            {
+                "batch": {"steps": steps, "running": running},
+                "seconds": 0.002 * steps + 0.0003 * running,
+            }
+            for _ in range(2)
+        ]
+        for side, steps, running in (("published", 4640, 51523), ("ours", 3566, 51523))
+    }
+    per_step, per_request = bench.step_cost(runs)
+    assert per_step == pytest.approx(0.002)
+    assert per_request == pytest.approx(0.0003)
+    runs["ours"] = runs["published"]
+    assert bench.step_cost(runs) is None
