@@ -19,9 +19,10 @@ checks, so SCOR runs on SGCR's output on both sides.
 The three sides start at once, each in a process of its own that loads its engine and warms
 it up. Then they take turns: each round every side runs the whole rewrite once, from an empty
 prefix cache, while the others wait idle (the CPU they use meanwhile is printed), in reverse
-order every other round (published, ours, raw; raw, ours, published; ...). A side's turn takes
-about a minute, not the minute more an engine takes to start, so a machine whose speed drifts
-during the run favours none, and --rounds 4 (the default) costs little.
+order every other round (published, ours, raw; raw, ours, published; ...). A turn takes tens
+of seconds at the defaults and no engine start (a minute or more) comes between turns, so a
+machine whose speed drifts during the run favours none, and --rounds 4 (the default) costs
+little.
 Printed: each round's ratios; generated tokens/s of each side over all rounds and the ratios
 (ours / published, goal >= 1.3; ours / raw streaming, goal >= 0.97); how full the engine's
 batches were (slot idle fraction = 1 - mean running requests per step / max_num_seqs, counted

@@ -91,12 +91,18 @@ async def start_async_llm(settings: Any) -> tuple[Any, Any, float]:
     return llm, tokenizer, time.monotonic() - started
 
 
+def side_command(script: str, which: str, model: str, input_uri: str, work: Path) -> list[str]:
+    """The command that runs one side of a benchmark script: the script with the flags it was
+    given, then the hidden ones naming the side (see `add_side_arguments`)."""
+    command = [sys.executable, script, *sys.argv[1:], "--side", which, "--model", model]
+    return [*command, "--input", input_uri, "--work", str(work / which)]
+
+
 def side_process(
     script: str, which: str, model: str, input_uri: str, work: Path, env: dict[str, str]
 ) -> dict[str, Any]:
     """Run one side of a benchmark script in its own process; its last stdout line is JSON."""
-    command = [sys.executable, script, *sys.argv[1:], "--side", which, "--model", model]
-    command += ["--input", input_uri, "--work", str(work / which)]
+    command = side_command(script, which, model, input_uri, work)
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-4000:])
@@ -136,8 +142,7 @@ class ServedSide:
         self, script: str, which: str, model: str, input_uri: str, work: Path, env: dict[str, str]
     ) -> None:
         self.which = which
-        command = [sys.executable, script, *sys.argv[1:], "--side", which, "--model", model]
-        command += ["--input", input_uri, "--work", str(work / which)]
+        command = side_command(script, which, model, input_uri, work)
         self.log_path = work / f"{which}.log"
         self._log = self.log_path.open("w", encoding="utf-8")
         self.process = subprocess.Popen(
