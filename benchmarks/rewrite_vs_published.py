@@ -231,24 +231,28 @@ class PublishedSide:
     name = "published (static chunks)"
 
     def __init__(self, args: argparse.Namespace, model: str, input_uri: str) -> None:
+        self.settings = engine_settings(args, model)
+        job = job_for(args, model, input_uri, "/out")
+        self.stages = stages_of(job)
+        self.records = input_records(job)
+        self.size = chunk_size(args)
+        self.llm: Any = None
+        self.cold_start = 0.0
+
+    async def start(self) -> None:
         from vllm import LLM, SamplingParams, TokensPrompt  # type: ignore[import-not-found]
 
-        settings = engine_settings(args, model)
         started = time.monotonic()
-        self.llm = LLM(**engine_kwargs(settings))
+        self.llm = LLM(**engine_kwargs(self.settings))
         self.tokenizer = self.llm.get_tokenizer()
         self.cold_start = time.monotonic() - started
-        sampling = settings.sampling
+        sampling = self.settings.sampling
         self.params = SamplingParams(
             temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens
         )
         self.prompt = TokensPrompt
         warm = [TokensPrompt(prompt_token_ids=[1, 2, 3])] * 4
         self.llm.generate(warm, self.params, use_tqdm=False)
-        job = job_for(args, model, input_uri, "/out")
-        self.stages = stages_of(job)
-        self.records = input_records(job)
-        self.size = chunk_size(args)
 
     async def run(self, folder: Path) -> dict[str, Any]:
         self.llm.reset_prefix_cache()
@@ -415,10 +419,12 @@ async def run_worker(job: Job, name: str) -> dict[str, Any]:
 
 async def serve(args: argparse.Namespace) -> None:
     """Start the side this process runs (`--side`), warm it up and serve it (`serve_side`)."""
-    if args.side == "published":
-        await serve_side(PublishedSide(args, args.model, args.input))
-        return
-    opened = (RawSide if args.side == "raw" else OursSide)(args, args.model, args.input)
+    kinds: dict[str, type[PublishedSide | OursSide | RawSide]] = {
+        "published": PublishedSide,
+        "ours": OursSide,
+        "raw": RawSide,
+    }
+    opened = kinds[args.side](args, args.model, args.input)
     await opened.start()
     await serve_side(opened)
 
@@ -483,8 +489,8 @@ def run_rounds(
     runs: dict[str, list[dict[str, Any]]] = {which: [] for which in SIDES}
     waiting_cpu = 0.0
     try:
-        for side_process in served.values():
-            side_process.ready()
+        for process in served.values():
+            process.ready()
         for number, order in enumerate(side_orders(SIDES, args.rounds), start=1):
             for which in order:
                 waiting = [p for w, p in served.items() if w != which]
@@ -492,13 +498,18 @@ def run_rounds(
                 probe = cpu_probe()
                 result = served[which].run(work / f"round-{number}" / which)
                 waiting_cpu += sum(p.cpu_seconds() for p in waiting) - before
-                steps = work / f"steps-{which}.log"
+                steps = steps_log(work, which)
                 result["batch"] = batch_fill(steps, result["begun"], result["ended"])
                 runs[which].append({**result, "probe_ms": probe})
     finally:
-        for side_process in served.values():
-            side_process.stop()
+        for process in served.values():
+            process.stop()
     return runs, waiting_cpu
+
+
+def steps_log(work: Path, which: str) -> Path:
+    """Where a side's engine logs its steps (see `answer_lengths`)."""
+    return work / f"steps-{which}.log"
 
 
 def side_env(work: Path, which: str, config: dict[str, Any]) -> dict[str, str]:
@@ -506,7 +517,7 @@ def side_env(work: Path, which: str, config: dict[str, Any]) -> dict[str, str]:
     return {
         **os.environ,
         ANSWER_CONFIG_ENV: json.dumps(config),
-        ANSWER_STATS_ENV: str(work / f"steps-{which}.log"),
+        ANSWER_STATS_ENV: str(steps_log(work, which)),
         "PYTHONPATH": os.pathsep.join([str(BENCH), str(REPO / "pipeline"), str(REPO)]),
     }
 

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -228,25 +229,33 @@ def tree_cpu_seconds(pid: int) -> float:
     return cpu
 
 
-def usage_now() -> dict[str, float | None]:
+@dataclass(frozen=True)
+class Usage:
     """Where a timed part starts or ends: the wall clock, the CPU seconds used so far by this
     process and its live descendants (vLLM runs its engine core in a child process), and the
-    machine's steal seconds (see `machine.steal_seconds`)."""
+    machine's steal seconds (see `machine.steal_seconds`; None where the kernel does not say)."""
+
+    time: float
+    cpu: float
+    steal: float | None
+
+
+def usage_now() -> Usage:
     from machine import steal_seconds
 
-    return {"time": time.time(), "cpu": tree_cpu_seconds(os.getpid()), "steal": steal_seconds()}
+    return Usage(time.time(), tree_cpu_seconds(os.getpid()), steal_seconds())
 
 
-def timed_part(start: dict[str, float | None], end: dict[str, float | None]) -> dict[str, Any]:
+def timed_part(start: Usage, end: Usage) -> dict[str, Any]:
     """The wall seconds, CPU seconds and steal seconds between two `usage_now` readings."""
     steal = None
-    if start["steal"] is not None and end["steal"] is not None:
-        steal = round(end["steal"] - start["steal"], 2)
+    if start.steal is not None and end.steal is not None:
+        steal = round(end.steal - start.steal, 2)
     return {
-        "begun": start["time"],
-        "ended": end["time"],
-        "seconds": round(float(end["time"] or 0) - float(start["time"] or 0), 3),
-        "cpu_seconds": round(float(end["cpu"] or 0) - float(start["cpu"] or 0), 2),
+        "begun": start.time,
+        "ended": end.time,
+        "seconds": round(end.time - start.time, 3),
+        "cpu_seconds": round(end.cpu - start.cpu, 2),
         "steal_seconds": steal,
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -89,8 +90,8 @@ def test_rounds_combine_cpu_and_steal_when_every_round_measured_them(bench: Modu
 
 
 def test_a_timed_part_is_the_difference_of_two_readings(bench: ModuleType) -> None:
-    start = {"time": 100.0, "cpu": 10.0, "steal": 4.0}
-    end = {"time": 102.5, "cpu": 14.25, "steal": 4.75}
+    start = bench.Usage(time=100.0, cpu=10.0, steal=4.0)
+    end = bench.Usage(time=102.5, cpu=14.25, steal=4.75)
     assert bench.timed_part(start, end) == {
         "begun": 100.0,
         "ended": 102.5,
@@ -98,7 +99,7 @@ def test_a_timed_part_is_the_difference_of_two_readings(bench: ModuleType) -> No
         "cpu_seconds": 4.25,
         "steal_seconds": 0.75,
     }
-    assert bench.timed_part({**start, "steal": None}, end)["steal_seconds"] is None
+    assert bench.timed_part(dataclasses.replace(start, steal=None), end)["steal_seconds"] is None
 
 
 def test_usage_counts_the_cpu_of_a_live_child_process(bench: ModuleType) -> None:
