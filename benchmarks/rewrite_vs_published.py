@@ -37,7 +37,9 @@ Tokens per step is what the published method's waiting costs where a step costs 
 whatever its batch, as when a GPU decodes a large model (each step reads all the weights). On
 a CPU a step's cost grows with its batch, so half-empty steps are cheap and the tokens/s ratio
 shows less of the gap than the per-step ratio; the benchmark fits a step's cost over every run
-(a part per step plus a part per running request) and prints both parts.
+(a part per step plus a part per running request), prints both parts, and from them the
+full-batch ceiling: how much faster than the published side in tokens/s any scheduler could be
+on this engine, with every slot of every step busy.
 
 vLLM 0.32 refuses custom logits processors together with speculative decoding, so this load
 cannot measure `rewrite.engine.speculative`.
@@ -95,6 +97,7 @@ from vllm_bench import (  # noqa: E402
     add_side_arguments,
     combined,
     engine_kwargs,
+    full_batch_ceiling,
     print_ratio,
     rate_line,
     serve_side,
@@ -595,6 +598,12 @@ def report(
             f"request (fitted over every run): a step of {args.max_num_seqs} requests costs "
             f"{full / per_step_ms:.1f}x its fixed part here, which is why tokens/s shows less "
             f"than the per-step ratio"
+        )
+        ceiling = full_batch_ceiling(cost, runs["published"], args.max_num_seqs)
+        print(
+            f"{'full-batch ceiling':>26}: {ceiling:.3f}x "
+            f"the published side in tokens/s, for any scheduler that kept all "
+            f"{args.max_num_seqs} slots of every step busy, by this fit"
         )
     of_raw = rate["ours"] / rate["raw"]
     print_ratio(

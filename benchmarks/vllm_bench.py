@@ -298,3 +298,17 @@ def step_cost(runs: dict[str, list[dict[str, Any]]]) -> tuple[float, float] | No
     if determinant <= 1e-9 * ss * rr:
         return None
     return (st * rr - rt * sr) / determinant, (rt * ss - st * sr) / determinant
+
+
+def full_batch_ceiling(
+    cost: tuple[float, float], runs: list[dict[str, Any]], max_num_seqs: int
+) -> float:
+    """How many times faster than `runs` a scheduler could be that kept every step full (the
+    same running requests in as few steps as `max_num_seqs` allows), by the fitted `cost`:
+    the most any scheduler gains over those runs on this engine."""
+    per_step, per_request = cost
+    steps = sum(float(run["batch"]["steps"]) for run in runs)
+    running = sum(float(run["batch"]["running"]) for run in runs)
+    as_run = steps * per_step + running * per_request
+    full = running / max_num_seqs * per_step + running * per_request
+    return as_run / full

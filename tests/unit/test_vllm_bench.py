@@ -201,3 +201,17 @@ def test_step_cost_recovers_the_cost_per_step_and_per_running_request(bench: Mod
     assert per_request == pytest.approx(0.0003)
     runs["ours"] = runs["published"]
     assert bench.step_cost(runs) is None
+
+
+def test_full_batch_ceiling_is_what_full_steps_would_save(bench: ModuleType) -> None:
+    runs = [
+        {"batch": {"steps": 1000, "running": 8000}},
+        {"batch": {"steps": 1000, "running": 8000}},
+    ]
+    # As run: 2000 steps of 8 requests; full: 1000 steps of 16, at 2 ms + 0.25 ms per request.
+    ceiling = bench.full_batch_ceiling((0.002, 0.00025), runs, 16)
+    assert ceiling == pytest.approx(
+        (2000 * 0.002 + 16000 * 0.00025) / (1000 * 0.002 + 16000 * 0.00025)
+    )
+    full = [{"batch": {"steps": 1000, "running": 16000}}]
+    assert bench.full_batch_ceiling((0.002, 0.00025), full, 16) == pytest.approx(1.0)
