@@ -228,31 +228,52 @@ def judged(stage: RewriteStage, output: Any) -> tuple[int, GenerationResult, Ver
     return len(answer.token_ids), result, stage.judge(result)
 
 
-class PublishedSide:
-    """LLM.generate over static chunks: SGCR over every record, then SCOR over SGCR's kept."""
-
-    name = "published (static chunks)"
+class DirectSide:
+    """What the two sides that drive vLLM themselves share: the engine settings, stages and
+    input records of the job, and prompts as token ids; `start` loads the engine."""
 
     def __init__(self, args: argparse.Namespace, model: str, input_uri: str) -> None:
         self.settings = engine_settings(args, model)
         job = job_for(args, model, input_uri, "/out")
         self.stages = stages_of(job)
         self.records = input_records(job)
-        self.size = chunk_size(args)
         self.llm: Any = None
+        self.tokenizer: Any = None
         self.cold_start = 0.0
 
+    def sampling_params(self, **extra: Any) -> Any:
+        """vLLM's sampling parameters for the job's sampling settings, plus `extra`."""
+        from vllm import SamplingParams  # type: ignore[import-not-found]
+
+        sampling = self.settings.sampling
+        return SamplingParams(
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            **extra,
+        )
+
+    def prompt_ids(self, stage: RewriteStage, record: dict[str, Any]) -> list[int]:
+        return template_ids(self.tokenizer, stage.request("k", record).messages)
+
+
+class PublishedSide(DirectSide):
+    """LLM.generate over static chunks: SGCR over every record, then SCOR over SGCR's kept."""
+
+    name = "published (static chunks)"
+
+    def __init__(self, args: argparse.Namespace, model: str, input_uri: str) -> None:
+        super().__init__(args, model, input_uri)
+        self.size = chunk_size(args)
+
     async def start(self) -> None:
-        from vllm import LLM, SamplingParams, TokensPrompt  # type: ignore[import-not-found]
+        from vllm import LLM, TokensPrompt
 
         started = time.monotonic()
         self.llm = LLM(**engine_kwargs(self.settings))
         self.tokenizer = self.llm.get_tokenizer()
         self.cold_start = time.monotonic() - started
-        sampling = self.settings.sampling
-        self.params = SamplingParams(
-            temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens
-        )
+        self.params = self.sampling_params()
         self.prompt = TokensPrompt
         warm = [TokensPrompt(prompt_token_ids=[1, 2, 3])] * 4
         self.llm.generate(warm, self.params, use_tqdm=False)
@@ -265,14 +286,7 @@ class PublishedSide:
             outputs = []
             for first in range(0, len(records), self.size):
                 chunk = records[first : first + self.size]
-                prompts = [
-                    self.prompt(
-                        prompt_token_ids=template_ids(
-                            self.tokenizer, stage.request("k", r).messages
-                        )
-                    )
-                    for r in chunk
-                ]
+                prompts = [self.prompt(prompt_token_ids=self.prompt_ids(stage, r)) for r in chunk]
                 outputs += self.llm.generate(prompts, self.params, use_tqdm=False)
             next_records = []
             for record, output in zip(records, outputs, strict=True):
@@ -288,33 +302,16 @@ class PublishedSide:
         pass
 
 
-class RawSide:
+class RawSide(DirectSide):
     """AsyncLLM with every record in flight: SGCR, then SCOR as soon as SGCR's answer passes."""
 
     name = "raw vLLM streaming"
 
-    def __init__(self, args: argparse.Namespace, model: str, input_uri: str) -> None:
-        self.settings = engine_settings(args, model)
-        job = job_for(args, model, input_uri, "/out")
-        self.stages = stages_of(job)
-        self.records = input_records(job)
-        self.llm: Any = None
-        self.tokenizer: Any = None
-        self.cold_start = 0.0
-
     async def start(self) -> None:
         from vllm.sampling_params import RequestOutputKind  # type: ignore[import-not-found]
 
-        from vllm import SamplingParams
-
         self.llm, self.tokenizer, self.cold_start = await start_async_llm(self.settings)
-        sampling = self.settings.sampling
-        self.params = SamplingParams(
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens,
-            output_kind=RequestOutputKind.FINAL_ONLY,
-        )
+        self.params = self.sampling_params(output_kind=RequestOutputKind.FINAL_ONLY)
         await asyncio.gather(*(self.answer(f"warm-{i}", [1, 2, 3]) for i in range(4)))
 
     async def answer(self, request_id: str, ids: list[int]) -> Any:
@@ -332,8 +329,9 @@ class RawSide:
         async def chain(index: int, record: dict[str, Any]) -> None:
             nonlocal generated
             for kind, stage in self.stages.items():
-                ids = template_ids(self.tokenizer, stage.request("k", record).messages)
-                output = await self.answer(f"{run_id}-{kind}-{index}", ids)
+                output = await self.answer(
+                    f"{run_id}-{kind}-{index}", self.prompt_ids(stage, record)
+                )
                 tokens, result, verdict = judged(stage, output)
                 generated += tokens
                 if verdict.reason is not None:
