@@ -588,7 +588,9 @@ def report(
         26,
     )
     cost = step_cost(runs)
-    if cost is not None:
+    if cost is None:
+        print(f"{'step cost':>26}: not separable into a part per step and per request here")
+    else:
         per_step_ms, per_request_ms = 1000 * cost[0], 1000 * cost[1]
         full = per_step_ms + args.max_num_seqs * per_request_ms
         print(

@@ -283,7 +283,8 @@ def combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def step_cost(runs: dict[str, list[dict[str, Any]]]) -> tuple[float, float] | None:
     """Seconds per engine step and per running request in a step, fitted by least squares to
     every run's seconds = steps * per_step + running * per_request; None when the runs cannot
-    tell the two apart (every side's batches equally full)."""
+    tell the two apart: every side's batches equally full, or a fitted part not positive (too
+    few or too noisy runs, where neither part nor anything derived from it means anything)."""
     rows = [
         (float(run["batch"]["steps"]), float(run["batch"]["running"]), float(run["seconds"]))
         for side_runs in runs.values()
@@ -297,7 +298,11 @@ def step_cost(runs: dict[str, list[dict[str, Any]]]) -> tuple[float, float] | No
     determinant = ss * rr - sr * sr
     if determinant <= 1e-9 * ss * rr:
         return None
-    return (st * rr - rt * sr) / determinant, (rt * ss - st * sr) / determinant
+    per_step = (st * rr - rt * sr) / determinant
+    per_request = (rt * ss - st * sr) / determinant
+    if per_step <= 0 or per_request <= 0:
+        return None
+    return per_step, per_request
 
 
 def full_batch_ceiling(

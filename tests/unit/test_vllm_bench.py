@@ -203,6 +203,15 @@ def test_step_cost_recovers_the_cost_per_step_and_per_running_request(bench: Mod
     assert bench.step_cost(runs) is None
 
 
+def test_step_cost_refuses_a_fit_with_a_part_below_zero(bench: ModuleType) -> None:
+    # Fuller steps that took longer than emptier ones fit a negative cost per step.
+    runs = {
+        "published": [{"batch": {"steps": 678, "running": 4841}, "seconds": 3.0}],
+        "ours": [{"batch": {"steps": 474, "running": 4841}, "seconds": 3.2}],
+    }
+    assert bench.step_cost(runs) is None
+
+
 def test_full_batch_ceiling_is_what_full_steps_would_save(bench: ModuleType) -> None:
     runs = [
         {"batch": {"steps": 1000, "running": 8000}},
